@@ -1,0 +1,1 @@
+"""certgit.connectors: connector SDK and one module per target kind."""

@@ -1,0 +1,1 @@
+"""certgit.reconciler: source -> model -> plan -> execute -> record."""

@@ -1,0 +1,91 @@
+"""certgit's exception tree. Every error a user can meet says what to do next.
+
+    CertgitError
+    ├── ConfigError            bad YAML / schema / references; carries file, line, column
+    │   └── ConfigErrors       every ConfigError of one commit, reported at once
+    ├── SourceError            Git remote unreachable, ref vanished, history rewritten
+    ├── StoreError             state store unreadable, migration failed, master key wrong
+    │   └── AuditChainBroken   an audit row was edited or deleted
+    ├── IssuanceError          the issuer could not produce a certificate
+    ├── DeployError            (issue 9) ValidateFailed, ReloadFailed, RollbackFailed, VerifyMismatch
+    └── DeniedError            (issue 9) a sandbox grant was missing
+
+`temporary` tells the executor whether retrying later can help.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+class CertgitError(Exception):
+    """Root of every error certgit raises on purpose."""
+
+    temporary: bool = False
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One positioned problem in the desired-state repo.
+
+    `path` is relative to the repo root (POSIX separators); `line` and
+    `column` are 1-based. Sorting problems gives file order, then position.
+    """
+
+    path: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}: {self.message}"
+
+
+class ConfigError(CertgitError):
+    """One problem in the desired-state repo, with its position."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+    @property
+    def path(self) -> str:
+        return self.problem.path
+
+    @property
+    def line(self) -> int:
+        return self.problem.line
+
+    @property
+    def column(self) -> int:
+        return self.problem.column
+
+
+class ConfigErrors(ConfigError):
+    """All problems of one commit. The commit is rejected as a whole."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: Sequence[Problem] = sorted(set(problems))
+        if not self.problems:
+            raise ValueError("ConfigErrors needs at least one problem")
+        super().__init__(self.problems[0])
+        self.args = ("\n".join(str(p) for p in self.problems),)
+
+
+class SourceError(CertgitError):
+    """The Git source could not give a commit; the last good commit stays in force."""
+
+    temporary = True
+
+
+class StoreError(CertgitError):
+    """The state store could not be opened, migrated or read."""
+
+
+class AuditChainBroken(StoreError):
+    """The audit log's hash chain does not verify: a row was edited or deleted."""
+
+
+class IssuanceError(CertgitError):
+    """An issuer could not produce the requested certificate."""

@@ -1,0 +1,1 @@
+"""Certificate issuers: local CA now, ACME later."""

@@ -1,0 +1,299 @@
+"""The desired, recorded and live state as frozen dataclasses.
+
+Desired state comes from a Git commit (see `certgit.reconciler.desired`),
+recorded state from the state store (`certgit.reconciler.store`), live state
+from connectors (issue 9). The planner (`certgit.reconciler.planner`) is a pure
+function of the three plus `now`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+API_VERSION = "certgit.dev/v1"
+KINDS = ("Issuer", "Certificate", "Target", "Policy")
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: the input of every stable hash."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def sha256_hex(text: str | bytes) -> str:
+    data = text.encode() if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- desired
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where a document came from: repo-relative path and index in a multi-doc file."""
+
+    path: str
+    index: int = 0
+
+    def __str__(self) -> str:
+        return self.path if self.index == 0 else f"{self.path}#{self.index}"
+
+
+class KeyAlgorithm(StrEnum):
+    ECDSA = "ECDSA"
+    RSA = "RSA"
+    ED25519 = "Ed25519"
+
+
+class KeyRotation(StrEnum):
+    ALWAYS = "Always"
+    NEVER = "Never"
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """Key parameters. `size`: ECDSA 256|384 (curve bits), RSA 2048..4096, Ed25519 None."""
+
+    algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA
+    size: int | None = 256
+    rotation: KeyRotation = KeyRotation.ALWAYS
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A secret referenced from Git, never stored there: exactly one of env or file."""
+
+    env: str | None = None
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class Issuer:
+    name: str
+    type: str  # "local-ca" (now), "acme" (issue 7)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    # local-ca: optional CA material; when both are None the CA is created in the state dir
+    ca_certificate: SecretRef | None = None
+    ca_key: SecretRef | None = None
+    ca_common_name: str | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)  # the raw spec, for later types
+    source: SourceRef | None = None
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One entry of a Certificate's deployTo: the target and per-binding overrides."""
+
+    target: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"files": {...}}
+
+
+@dataclass(frozen=True)
+class Certificate:
+    name: str
+    issuer_ref: str
+    common_name: str | None = None
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    key: KeySpec = KeySpec()
+    duration: timedelta = timedelta(days=90)
+    renew_before: timedelta | None = None
+    renew_before_percentage: int | None = None
+    deploy_to: tuple[Binding, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    source: SourceRef | None = None
+
+    def effective_renew_before(self) -> timedelta:
+        """renewBefore, else renewBeforePercentage of duration, else a third of duration."""
+        if self.renew_before is not None:
+            return self.renew_before
+        pct = self.renew_before_percentage if self.renew_before_percentage is not None else 33
+        return self.duration * pct / 100
+
+    def spec_hash(self) -> str:
+        """Hash of everything whose change requires a new certificate (SANs, key, issuer)."""
+        return sha256_hex(
+            canonical_json(
+                {
+                    "cn": self.common_name,
+                    "dns": sorted(self.dns_names),
+                    "ip": sorted(self.ip_addresses),
+                    "alg": str(self.key.algorithm),
+                    "size": self.key.size,
+                    "issuer": self.issuer_ref,
+                }
+            )
+        )
+
+
+@dataclass(frozen=True)
+class VerifySpec:
+    endpoint: str  # host:port
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalHook:
+    """A Target's own approval requirement, on top of Policy rules."""
+
+    required: bool = True
+    actions: tuple[str, ...] = ()  # empty: every action kind
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    type: str  # "files" now; web servers, ssh, keystores, clouds later
+    labels: Mapping[str, str] = field(default_factory=dict)
+    transport: Mapping[str, Any] = field(default_factory=lambda: {"type": "local"})
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    verify: VerifySpec | None = None
+    approval: ApprovalHook | None = None
+    source: SourceRef | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalRule:
+    """Actions matching every given selector need an approval. Empty selector = any."""
+
+    name: str
+    target_labels: Mapping[str, str] = field(default_factory=dict)
+    certificate_labels: Mapping[str, str] = field(default_factory=dict)
+    targets: tuple[str, ...] = ()
+    certificates: tuple[str, ...] = ()
+    actions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    approvals: tuple[ApprovalRule, ...] = ()
+    prune_orphans: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+    source: SourceRef | None = None
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """One commit's validated documents, by kind and name."""
+
+    commit: str | None
+    issuers: Mapping[str, Issuer] = field(default_factory=dict)
+    certificates: Mapping[str, Certificate] = field(default_factory=dict)
+    targets: Mapping[str, Target] = field(default_factory=dict)
+    policies: Mapping[str, Policy] = field(default_factory=dict)
+
+    def bindings(self) -> Iterator[tuple[Certificate, Binding]]:
+        """Every (certificate, binding) pair, in name order."""
+        for name in sorted(self.certificates):
+            cert = self.certificates[name]
+            for binding in cert.deploy_to:
+                yield cert, binding
+
+
+# --------------------------------------------------------------------------- recorded
+
+
+@dataclass(frozen=True)
+class CertificateVersion:
+    """One issued certificate. The (encrypted) key stays in the store, not here."""
+
+    certificate: str
+    version: int  # 1, 2, 3 ... per certificate
+    fingerprint: str  # SHA-256 of the leaf DER, lowercase hex
+    serial: str  # hex
+    not_before: datetime
+    not_after: datetime
+    spec_hash: str  # Certificate.spec_hash() it was issued for
+    issued_at: datetime
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What certgit recorded for one (certificate, target) binding."""
+
+    certificate: str
+    target: str
+    fingerprint: str | None  # what is deployed; None if no deploy ever succeeded
+    version: int | None
+    updated_at: datetime
+    last_error: str | None = None  # set when the last attempt failed
+    attempts: int = 0  # consecutive failed attempts
+    last_attempt_fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """An operator pin (rollback): reconciliation leaves the binding alone until released.
+
+    `certificate` None holds every binding of the target.
+    """
+
+    target: str
+    certificate: str | None
+    fingerprint: str | None
+    reason: str
+    created_by: str
+    created_at: datetime
+
+    def covers(self, certificate: str, target: str) -> bool:
+        return self.target == target and self.certificate in (None, certificate)
+
+
+@dataclass(frozen=True)
+class RecordedState:
+    versions: Mapping[str, tuple[CertificateVersion, ...]] = field(default_factory=dict)
+    deployments: Mapping[tuple[str, str], Deployment] = field(default_factory=dict)
+    holds: tuple[Hold, ...] = ()
+    last_applied_commit: str | None = None
+
+    def latest(self, certificate: str) -> CertificateVersion | None:
+        versions = self.versions.get(certificate, ())
+        return versions[-1] if versions else None
+
+    def hold_for(self, certificate: str, target: str) -> Hold | None:
+        for hold in self.holds:
+            if hold.covers(certificate, target):
+                return hold
+        return None
+
+
+# --------------------------------------------------------------------------- live
+
+
+@dataclass(frozen=True)
+class LiveObservation:
+    """What a connector saw on a target for one binding."""
+
+    certificate: str
+    target: str
+    fingerprint: str | None  # leaf served / found; None if absent
+    observed_at: datetime
+    error: str | None = None  # observation failed: no conclusion about drift
+
+
+# --------------------------------------------------------------------------- plan
+
+
+class ActionKind(StrEnum):
+    ISSUE = "issue"
+    RENEW = "renew"
+    DEPLOY = "deploy"
+    REMOVE = "remove"
+    ROLLBACK = "rollback"
+
+
+class Drift(StrEnum):
+    NONE = "in-sync"
+    MISSING = "missing"
+    OUTDATED = "outdated"
+    MODIFIED = "modified"
+    EXPIRING = "expiring"
+    ORPHANED = "orphaned"
+    HELD = "held"
+    FAILING = "failing"

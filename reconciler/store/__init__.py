@@ -1,0 +1,1 @@
+"""State store: SQLite (WAL) with numbered migrations."""

@@ -1,0 +1,1 @@
+"""certgit.schemas: JSON Schemas for every YAML kind and the validator that positions errors."""

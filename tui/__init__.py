@@ -1,0 +1,1 @@
+"""certgit.tui: the Textual on-call UI (a client of certgit.reconciler)."""
