@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -31,6 +31,21 @@ def sha256_hex(text: str | bytes) -> str:
 
 
 # --------------------------------------------------------------------------- desired
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One YAML file of a desired-state snapshot.
+
+    `key` is content-addressed (the Git blob id, or a SHA-256 of the bytes for a
+    plain directory): parsed documents are cached by it, and `read` is only
+    called on a cache miss.
+    """
+
+    path: str  # relative to the repo root, POSIX separators
+    key: str
+    read: Callable[[], bytes] = field(compare=False, repr=False)
+
 
 
 @dataclass(frozen=True)
