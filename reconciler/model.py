@@ -47,7 +47,6 @@ class FileEntry:
     read: Callable[[], bytes] = field(compare=False, repr=False)
 
 
-
 @dataclass(frozen=True)
 class SourceRef:
     """Where a document came from: repo-relative path and index in a multi-doc file."""
