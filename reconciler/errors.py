@@ -7,7 +7,8 @@
     ├── StoreError             state store unreadable, migration failed, master key wrong
     │   └── AuditChainBroken   an audit row was edited or deleted
     ├── IssuanceError          the issuer could not produce a certificate
-    ├── DeployError            (issue 9) ValidateFailed, ReloadFailed, RollbackFailed, VerifyMismatch
+    ├── DeployError            (issue 9) ValidateFailed, ReloadFailed, RollbackFailed,
+    │                          VerifyMismatch
     └── DeniedError            (issue 9) a sandbox grant was missing
 
 `temporary` tells the executor whether retrying later can help.

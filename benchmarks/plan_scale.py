@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Plan at scale: N certificates x 3 targets, cold vs no-op vs small change, beside the floor.
+
+Generates a repository of N Certificate files (one per file) bound to 3 of 30
+`files` targets, commits it with pygit2, and measures through the same Engine
+the CLI uses:
+
+- cold:   fresh state dir: clone the bare mirror, parse + validate every file, plan
+- no-op:  poll again with the commit unchanged (fetch, tree id compare, plan)
+- change: commit 10 changed files, poll, re-parse only those blobs, plan
+- floor:  read the same files from disk and parse them with PyYAML's C loader
+
+and prints the figures, the ratios against the goals of issue 2 (cold <= 2x floor,
+no-op <= 5% of cold, 10-file change <= 10% of cold) and the peak RSS (goal <= 300 MB).
+
+    .venv/bin/python benchmarks/plan_scale.py [--certs 10000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pygit2
+import yaml
+
+from certgit.reconciler.config import Settings
+from certgit.reconciler.engine import Engine
+
+SIG = pygit2.Signature("certgit-bench", "bench@example.invalid", 1_700_000_000, 0)
+TARGETS = 30
+
+HEADER = """apiVersion: certgit.dev/v1
+kind: Issuer
+metadata:
+  name: bench-ca
+spec:
+  type: local-ca
+---
+apiVersion: certgit.dev/v1
+kind: Policy
+metadata:
+  name: prod
+spec:
+  approvals:
+    - name: prod-deploys
+      match:
+        targetLabels: {env: production}
+        actions: [deploy]
+"""
+
+
+def target_doc(i: int) -> str:
+    env = "production" if i % 3 == 0 else "staging"
+    return f"""apiVersion: certgit.dev/v1
+kind: Target
+metadata:
+  name: web-{i:02d}
+  labels:
+    env: {env}
+spec:
+  type: files
+  transport:
+    type: local
+  settings:
+    directory: /srv/certs/web-{i:02d}
+"""
+
+
+def cert_doc(i: int, extra_san: bool = False) -> str:
+    t = [f"web-{(i + k * 7) % TARGETS:02d}" for k in range(3)]
+    extra = f"\n    - extra-{i}.example.com" if extra_san else ""
+    return f"""apiVersion: certgit.dev/v1
+kind: Certificate
+metadata:
+  name: cert-{i:05d}
+  labels:
+    team: team-{i % 17}
+spec:
+  commonName: svc-{i}.example.com
+  dnsNames:
+    - svc-{i}.example.com
+    - alt-{i}.example.com{extra}
+  key:
+    algorithm: ECDSA
+    size: 256
+  issuerRef:
+    name: bench-ca
+  duration: 90d
+  renewBefore: 30d
+  deployTo:
+    - target: {t[0]}
+    - target: {t[1]}
+    - target: {t[2]}
+"""
+
+
+def build_repo(root: Path, n: int) -> tuple[pygit2.Repository, dict[str, str]]:
+    """Write the files to a work tree (for the floor) and commit them without checkout."""
+    files = {"issuers.yaml": HEADER}
+    files.update({f"targets/web-{i:02d}.yaml": target_doc(i) for i in range(TARGETS)})
+    files.update({f"certificates/cert-{i:05d}.yaml": cert_doc(i) for i in range(n)})
+    for rel, text in files.items():
+        p = root / "work" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    repo = pygit2.init_repository(str(root / "origin.git"), bare=True, initial_head="main")
+    commit_tree(repo, files, parents=[])
+    return repo, files
+
+
+def commit_tree(repo: pygit2.Repository, files: dict[str, str], parents: list) -> str:
+    dirs: dict[str, dict[str, str]] = {}
+    for rel, text in files.items():
+        d, _, name = rel.rpartition("/")
+        dirs.setdefault(d, {})[name] = text
+    root_tb = repo.TreeBuilder()
+    for d, entries in sorted(dirs.items()):
+        tb = repo.TreeBuilder() if d else root_tb
+        for name, text in entries.items():
+            tb.insert(name, repo.create_blob(text.encode()), pygit2.GIT_FILEMODE_BLOB)
+        if d:
+            root_tb.insert(d, tb.write(), pygit2.GIT_FILEMODE_TREE)
+    tree = root_tb.write()
+    oid = repo.create_commit("refs/heads/main", SIG, SIG, "bench", tree, parents)
+    return str(oid)
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+def floor_parse(work: Path) -> int:
+    docs = 0
+    for path in sorted(work.rglob("*.yaml")):
+        for doc in yaml.load_all(path.read_bytes(), Loader=yaml.CSafeLoader):
+            docs += doc is not None
+    return docs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--certs", type=int, default=10_000)
+    ap.add_argument("--repeat", type=int, default=3, help="repeats of the cheap measurements")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="certgit-bench-") as tmp:
+        root = Path(tmp)
+        t_gen, (origin, files) = timed(lambda: build_repo(root, args.certs))
+        print(
+            f"generated {args.certs} certificates x 3 bindings, {len(files)} files in {t_gen:.2f}s"
+        )
+
+        floors = [timed(lambda: floor_parse(root / "work"))[0] for _ in range(args.repeat)]
+        floor = statistics.median(floors)
+
+        settings = Settings(
+            repo=str(root / "origin.git"), ref="main", path="", state_dir=root / "state"
+        )
+        engine = Engine(settings)
+        t_cold, plan = timed(engine.plan)
+        actions = len(plan.actions)  # type: ignore[attr-defined]
+
+        noops = [timed(engine.plan)[0] for _ in range(args.repeat)]
+        noop = statistics.median(noops)
+
+        changes = []
+        for r in range(args.repeat):
+            head = origin.head.target
+            for i in range(10):
+                k = r * 10 + i
+                files[f"certificates/cert-{k:05d}.yaml"] = cert_doc(k, extra_san=True)
+            commit_tree(origin, files, parents=[head])
+            changes.append(timed(engine.plan)[0])
+        change = statistics.median(changes)
+        engine.close()
+
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"plan actions (cold): {actions}")
+        row = "{:<36}{:8.3f} s   {}"
+        print(row.format("floor (read + PyYAML CSafeLoader):", floor, ""))
+        print(row.format("cold load + plan:", t_cold, f"{t_cold / floor:5.2f}x floor (goal <= 2x)"))
+        print(
+            row.format(
+                "no-op re-poll + plan:", noop, f"{100 * noop / t_cold:5.1f}% of cold (goal <= 5%)"
+            )
+        )
+        print(
+            row.format(
+                "re-plan after 10 files change:",
+                change,
+                f"{100 * change / t_cold:5.1f}% of cold (goal <= 10%)",
+            )
+        )
+        print(f"{'peak RSS:':<36}{rss_mb:8.1f} MB  (goal <= 300 MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
