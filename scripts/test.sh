@@ -4,6 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff" && ruff check .
-echo "== import-linter" && lint-imports --no-cache
 echo "== pytest"
 pytest "$@"
