@@ -1,0 +1,681 @@
+"""The embedded state store: SQLite in WAL mode in the state directory.
+
+Transactions are explicit (the connection is in autocommit mode): every write
+runs in ``BEGIN IMMEDIATE`` so writers serialise up front instead of failing
+on lock upgrade, and multi-table reads run in one read transaction so they see
+one snapshot. ``synchronous=FULL`` makes a commit durable before it returns,
+which the outbox relies on.
+
+Timestamps are timezone-aware UTC datetimes in Python and fixed-width ISO-8601
+text (microseconds, ``+00:00``) in SQLite, so text order is time order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from certgit.reconciler.errors import StoreError
+from certgit.reconciler.model import (
+    CertificateVersion,
+    Deployment,
+    Hold,
+    RecordedState,
+    canonical_json,
+)
+from certgit.reconciler.sealing import (
+    ENV_KEY,
+    ENV_KEY_FILE,
+    KEY_FILE_NAME,
+    Sealer,
+    load_master_key,
+)
+from certgit.reconciler.store import audit as _audit
+from certgit.reconciler.store.migrate import connect, migrate
+
+__all__ = ["DB_FILE_NAME", "LAST_APPLIED_COMMIT", "LAST_SEEN_COMMIT", "Store"]
+
+DB_FILE_NAME = "state.db"
+LAST_APPLIED_COMMIT = "last_applied_commit"
+LAST_SEEN_COMMIT = "last_seen_commit"
+_META_KEY_ID = "master_key_id"
+
+_VERSION_COLUMNS = (
+    "certificate, version, fingerprint, serial, not_before, not_after, spec_hash, issued_at"
+)
+
+
+def _ts(at: datetime) -> str:
+    """Datetime → fixed-width ISO-8601 UTC text. Naive datetimes are a caller bug."""
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"timestamp {at!r} has no timezone: pass an aware UTC datetime")
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _dt_or_none(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+_TIME_COLUMNS = frozenset(
+    {"at", "created_at", "updated_at", "lease_until", "next_attempt_at", "issued_at"}
+)
+
+
+def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    """Rows as dicts; ``*_json`` columns parsed (key without the suffix), times as datetimes."""
+    names = [d[0] for d in cursor.description]
+    out = []
+    for row in cursor:
+        item: dict[str, Any] = {}
+        for name, value in zip(names, row, strict=True):
+            if name.endswith("_json"):
+                item[name.removesuffix("_json")] = json.loads(value)
+            elif name in _TIME_COLUMNS:
+                item[name] = _dt_or_none(value)
+            else:
+                item[name] = value
+        out.append(item)
+    return out
+
+
+def _version_from_row(row: Sequence[Any]) -> CertificateVersion:
+    return CertificateVersion(
+        certificate=row[0],
+        version=row[1],
+        fingerprint=row[2],
+        serial=row[3],
+        not_before=_dt(row[4]),
+        not_after=_dt(row[5]),
+        spec_hash=row[6],
+        issued_at=_dt(row[7]),
+    )
+
+
+def _key_aad(certificate: str, fingerprint: str) -> bytes:
+    return f"{certificate}:{fingerprint}".encode()
+
+
+class Store:
+    """The state store of one state directory. Use from the thread that opened it."""
+
+    def __init__(self, conn: sqlite3.Connection, sealer: Sealer, path: Path) -> None:
+        """Prefer `Store.open`; this only wires an already migrated connection."""
+        self._conn = conn
+        self._sealer = sealer
+        self.path = path
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: Path,
+        *,
+        master_key: bytes | None = None,
+        env: Mapping[str, str] = os.environ,
+    ) -> Store:
+        """Open (creating and migrating as needed) ``state_dir/state.db``.
+
+        Creates the directory with mode 0700 and the database with mode 0600. The
+        master key comes from ``master_key`` or `load_master_key`; a key that
+        differs from the one the store was first opened with is refused.
+        """
+        state_dir = Path(state_dir)
+        if not state_dir.exists():
+            try:
+                state_dir.mkdir(mode=0o700, parents=True)
+                os.chmod(state_dir, 0o700)  # mkdir's mode is filtered by the umask
+            except FileExistsError:
+                pass  # created concurrently; keep whatever mode its creator chose
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create state directory {state_dir} ({exc.strerror}): "
+                    "create it yourself (mode 0700) or choose another --state-dir"
+                ) from None
+        db_path = state_dir / DB_FILE_NAME
+        if master_key is None:
+            key_file = state_dir / KEY_FILE_NAME
+            from_env = env.get(ENV_KEY_FILE) or env.get(ENV_KEY)
+            if not from_env and db_path.exists() and not key_file.exists():
+                # Generating a fresh key here would only fail later, and leave a wrong key.
+                raise StoreError(
+                    f"state store {db_path} exists but its master key {key_file} is missing: "
+                    f"restore that file from a backup, or set {ENV_KEY_FILE} / {ENV_KEY} to "
+                    "the key the store was created with"
+                )
+            master_key = load_master_key(state_dir, env)
+        sealer = Sealer(master_key)
+        conn = connect(db_path)
+        store = cls(conn, sealer, db_path)
+        try:
+            migrate(conn, where=str(db_path))
+            store._check_master_key()
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def _check_master_key(self) -> None:
+        with self.transaction():
+            row = self._conn.execute(
+                "SELECT value FROM meta WHERE key = ?", (_META_KEY_ID,)
+            ).fetchone()
+            if row is None:
+                self._conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    (_META_KEY_ID, self._sealer.key_id),
+                )
+                return
+        if row[0] != self._sealer.key_id:
+            raise StoreError(
+                f"state store {self.path} was created with master key {row[0]}, but the "
+                f"key given now is {self._sealer.key_id}: set {ENV_KEY_FILE} (or {ENV_KEY}) "
+                "to the original key, or restore the original master.key file; the sealed "
+                "private keys cannot be decrypted with another key"
+            )
+
+    def close(self) -> None:
+        """Close the connection. Safe to call twice."""
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The raw connection, for store extensions (outbox worker). Autocommit mode."""
+        return self._conn
+
+    @property
+    def key_id(self) -> str:
+        """Identifier of the master key in use (not secret)."""
+        return self._sealer.key_id
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction: ``BEGIN IMMEDIATE`` for writes, a snapshot read otherwise.
+
+        Commits on success, rolls back on any exception. Not re-entrant.
+        """
+        try:
+            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.OperationalError as exc:
+            raise self._store_error(exc) from exc
+        try:
+            yield self._conn
+        except sqlite3.Error as exc:
+            self._conn.execute("ROLLBACK")
+            raise self._store_error(exc) from exc
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise self._store_error(exc) from exc
+
+    def _store_error(self, exc: sqlite3.Error) -> StoreError:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            error = StoreError(
+                f"state store {self.path} is locked by another certgit process: "
+                "retry when it is done"
+            )
+            error.temporary = True
+            return error
+        return StoreError(f"state store {self.path} refused the change: {exc}")
+
+    # ------------------------------------------------------------------ versions
+
+    def add_version(
+        self,
+        certificate: str,
+        *,
+        cert_pem: bytes,
+        chain_pem: bytes,
+        key_pem: bytes,
+        spec_hash: str,
+        issued_at: datetime,
+    ) -> CertificateVersion:
+        """Record a newly issued certificate as the next version; the key is sealed."""
+        try:
+            leaf = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError:
+            raise StoreError(
+                f"certificate {certificate!r}: cert_pem is not a PEM X.509 certificate; "
+                "the issuer returned something unexpected"
+            ) from None
+        self._check_key_pair(certificate, leaf, key_pem)
+        fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
+        sealed = self._sealer.seal(key_pem, _key_aad(certificate, fingerprint))
+        with self.transaction() as conn:
+            existing = conn.execute(
+                "SELECT certificate, version FROM certificate_versions WHERE fingerprint = ?",
+                (fingerprint,),
+            ).fetchone()
+            if existing is not None:
+                raise StoreError(
+                    f"certificate {fingerprint} is already recorded as {existing[0]} "
+                    f"version {existing[1]}: issue a new certificate instead of re-adding it"
+                )
+            (version,) = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM certificate_versions "
+                "WHERE certificate = ?",
+                (certificate,),
+            ).fetchone()
+            row = (
+                certificate,
+                version,
+                fingerprint,
+                format(leaf.serial_number, "x"),
+                _ts(leaf.not_valid_before_utc),
+                _ts(leaf.not_valid_after_utc),
+                spec_hash,
+                _ts(issued_at),
+            )
+            conn.execute(
+                f"INSERT INTO certificate_versions ({_VERSION_COLUMNS}, cert_pem, chain_pem,"
+                " key_sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, cert_pem, chain_pem, sealed),
+            )
+        return _version_from_row(row)
+
+    @staticmethod
+    def _check_key_pair(certificate: str, leaf: x509.Certificate, key_pem: bytes) -> None:
+        try:
+            # Keys come from our own issuers: skip RSA's slow consistency check.
+            key = serialization.load_pem_private_key(
+                key_pem, password=None, unsafe_skip_rsa_key_validation=True
+            )
+        except (ValueError, TypeError):
+            raise StoreError(
+                f"certificate {certificate!r}: key_pem is not an unencrypted PEM private "
+                "key; the issuer returned something unexpected"
+            ) from None
+        der = serialization.Encoding.DER
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        if key.public_key().public_bytes(der, spki) != leaf.public_key().public_bytes(der, spki):
+            raise StoreError(
+                f"certificate {certificate!r}: the private key does not match the "
+                "certificate's public key; it was not stored, re-issue the certificate"
+            )
+
+    def version_material(self, certificate: str, version: int) -> tuple[bytes, bytes, bytes]:
+        """(cert_pem, chain_pem, key_pem) of one version, the key decrypted."""
+        row = self._conn.execute(
+            "SELECT fingerprint, cert_pem, chain_pem, key_sealed FROM certificate_versions "
+            "WHERE certificate = ? AND version = ?",
+            (certificate, version),
+        ).fetchone()
+        if row is None:
+            raise StoreError(
+                f"certificate {certificate!r} has no version {version}: run "
+                f"`certgit history {certificate}` to list the recorded versions"
+            )
+        fingerprint, cert_pem, chain_pem, sealed = row
+        key_pem = self._sealer.unseal(sealed, _key_aad(certificate, fingerprint))
+        return bytes(cert_pem), bytes(chain_pem), key_pem
+
+    def versions(self, certificate: str, *, include_retired: bool = False) -> list[
+        CertificateVersion
+    ]:
+        """Every recorded version of one certificate, oldest first."""
+        sql = f"SELECT {_VERSION_COLUMNS} FROM certificate_versions WHERE certificate = ?"
+        if not include_retired:
+            sql += " AND retired_at IS NULL"
+        rows = self._conn.execute(sql + " ORDER BY version", (certificate,)).fetchall()
+        return [_version_from_row(r) for r in rows]
+
+    def retire_version(self, certificate: str, version: int, at: datetime) -> bool:
+        """Mark a version retired (kept, but no longer offered); False if unknown."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE certificate_versions SET retired_at = ? "
+                "WHERE certificate = ? AND version = ? AND retired_at IS NULL",
+                (_ts(at), certificate, version),
+            )
+        return cur.rowcount > 0
+
+    # ------------------------------------------------------------------ deployments
+
+    def record_deployment(
+        self,
+        certificate: str,
+        target: str,
+        *,
+        fingerprint: str | None,
+        version: int | None,
+        at: datetime,
+        error: str | None = None,
+    ) -> None:
+        """Record a deploy attempt. A failure keeps the last successful fingerprint/version."""
+        stamp = _ts(at)
+        with self.transaction() as conn:
+            if error is None:
+                conn.execute(
+                    "INSERT INTO deployments (certificate, target, fingerprint, version, "
+                    "updated_at, last_error, attempts, last_attempt_fingerprint) "
+                    "VALUES (?, ?, ?, ?, ?, NULL, 0, ?) "
+                    "ON CONFLICT (certificate, target) DO UPDATE SET "
+                    "fingerprint = excluded.fingerprint, version = excluded.version, "
+                    "updated_at = excluded.updated_at, last_error = NULL, attempts = 0, "
+                    "last_attempt_fingerprint = excluded.last_attempt_fingerprint",
+                    (certificate, target, fingerprint, version, stamp, fingerprint),
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO deployments (certificate, target, fingerprint, version, "
+                    "updated_at, last_error, attempts, last_attempt_fingerprint) "
+                    "VALUES (?, ?, NULL, NULL, ?, ?, 1, ?) "
+                    "ON CONFLICT (certificate, target) DO UPDATE SET "
+                    "updated_at = excluded.updated_at, last_error = excluded.last_error, "
+                    "attempts = deployments.attempts + 1, "
+                    "last_attempt_fingerprint = excluded.last_attempt_fingerprint",
+                    (certificate, target, stamp, error, fingerprint),
+                )
+
+    def remove_deployment(self, certificate: str, target: str) -> None:
+        """Forget a binding's deployment (after a successful remove action)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "DELETE FROM deployments WHERE certificate = ? AND target = ?",
+                (certificate, target),
+            )
+
+    # ------------------------------------------------------------------ holds
+
+    def add_hold(
+        self,
+        target: str,
+        certificate: str | None,
+        fingerprint: str | None,
+        reason: str,
+        created_by: str,
+        at: datetime,
+    ) -> None:
+        """Pin a binding (or a whole target when certificate is None); replaces an older pin."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO holds (target, certificate, fingerprint, reason, created_by, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (target, COALESCE(certificate, '')) DO UPDATE SET "
+                "fingerprint = excluded.fingerprint, reason = excluded.reason, "
+                "created_by = excluded.created_by, created_at = excluded.created_at",
+                (target, certificate, fingerprint, reason, created_by, _ts(at)),
+            )
+
+    def release_hold(self, target: str, certificate: str | None = None) -> int:
+        """Release one binding's hold, or every hold of the target; return how many."""
+        with self.transaction() as conn:
+            if certificate is None:
+                cur = conn.execute("DELETE FROM holds WHERE target = ?", (target,))
+            else:
+                cur = conn.execute(
+                    "DELETE FROM holds WHERE target = ? AND certificate = ?",
+                    (target, certificate),
+                )
+        return cur.rowcount
+
+    # ------------------------------------------------------------------ plans
+
+    def save_plan(
+        self,
+        plan_hash: str,
+        commit: str | None,
+        actions: Sequence[Mapping[str, Any]],
+        at: datetime,
+        *,
+        enqueue: bool = False,
+    ) -> int:
+        """Persist a plan (idempotent on its hash) and return its id.
+
+        With ``enqueue`` the plan's non-gated actions become PENDING outbox rows in
+        the same transaction (the outbox pattern); re-enqueueing is a no-op.
+        """
+        stamp = _ts(at)
+        with self.transaction() as conn:
+            row = conn.execute("SELECT id FROM plans WHERE hash = ?", (plan_hash,)).fetchone()
+            if row is not None:
+                plan_id = int(row[0])
+            else:
+                cur = conn.execute(
+                    "INSERT INTO plans (hash, commit_id, created_at, actions_json) "
+                    "VALUES (?, ?, ?, ?)",
+                    (plan_hash, commit, stamp, canonical_json([dict(a) for a in actions])),
+                )
+                plan_id = int(cur.lastrowid or 0)
+                conn.executemany(
+                    "INSERT INTO plan_actions (plan_id, action_id, position, kind, "
+                    "certificate, target, fingerprint, drift, reason, gated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            plan_id,
+                            str(a["id"]),
+                            position,
+                            str(a["kind"]),
+                            a.get("certificate"),
+                            a.get("target"),
+                            a.get("fingerprint"),
+                            None if a.get("drift") is None else str(a["drift"]),
+                            a.get("reason") or "",
+                            1 if a.get("gated") else 0,
+                        )
+                        for position, a in enumerate(actions)
+                    ],
+                )
+            if enqueue:
+                self._enqueue(conn, plan_hash, [a for a in actions if not a.get("gated")], stamp)
+        return plan_id
+
+    @staticmethod
+    def _enqueue(
+        conn: sqlite3.Connection, plan_hash: str, actions: Sequence[Mapping[str, Any]], stamp: str
+    ) -> int:
+        cur = conn.executemany(
+            "INSERT OR IGNORE INTO outbox (plan_hash, action_id, target, payload_json, "
+            "state, created_at, updated_at, next_attempt_at) "
+            "VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?)",
+            [
+                (plan_hash, str(a["id"]), a.get("target"), canonical_json(dict(a)), stamp, stamp,
+                 stamp)
+                for a in actions
+            ],
+        )
+        return cur.rowcount
+
+    def enqueue_actions(self, plan_hash: str, action_ids: Sequence[str], at: datetime) -> int:
+        """Enqueue saved actions of a plan (e.g. gated ones once approved); return rows added."""
+        with self.transaction() as conn:
+            plan = self._get_plan(conn, plan_hash)
+            if plan is None:
+                raise StoreError(f"no saved plan {plan_hash}: run `certgit plan` first")
+            wanted = set(action_ids)
+            chosen = [a for a in plan["actions"] if str(a["id"]) in wanted]
+            unknown = wanted - {str(a["id"]) for a in chosen}
+            if unknown:
+                raise StoreError(
+                    f"plan {plan_hash} has no action {sorted(unknown)[0]!r}: the plan may "
+                    "have changed, run `certgit plan` again"
+                )
+            return self._enqueue(conn, plan_hash, chosen, _ts(at))
+
+    def get_plan(self, plan_hash: str) -> dict[str, Any] | None:
+        """The saved plan: id, hash, commit, created_at, actions (as saved); None if unknown."""
+        return self._get_plan(self._conn, plan_hash)
+
+    def latest_plan(self) -> dict[str, Any] | None:
+        """The most recently saved plan, or None."""
+        row = self._conn.execute("SELECT hash FROM plans ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else self._get_plan(self._conn, row[0])
+
+    @staticmethod
+    def _get_plan(conn: sqlite3.Connection, plan_hash: str) -> dict[str, Any] | None:
+        row = conn.execute(
+            "SELECT id, hash, commit_id, created_at, actions_json FROM plans WHERE hash = ?",
+            (plan_hash,),
+        ).fetchone()
+        if row is None:
+            return None
+        return {
+            "id": row[0],
+            "hash": row[1],
+            "commit": row[2],
+            "created_at": _dt(row[3]),
+            "actions": json.loads(row[4]),
+        }
+
+    def outbox_rows(self, plan_hash: str | None = None) -> list[dict[str, Any]]:
+        """Outbox messages (all, or one plan's), oldest first; a read-model for status views."""
+        sql = (
+            "SELECT id, plan_hash, action_id, target, payload_json, state, attempts, "
+            "lease_owner, lease_until, next_attempt_at, last_error, created_at, updated_at "
+            "FROM outbox"
+        )
+        params: tuple[str, ...] = ()
+        if plan_hash is not None:
+            sql += " WHERE plan_hash = ?"
+            params = (plan_hash,)
+        return _dicts(self._conn.execute(sql + " ORDER BY id", params))
+
+    # ------------------------------------------------------------------ approvals
+
+    def add_approval(
+        self,
+        plan_hash: str,
+        action_id: str | None,
+        *,
+        decision: str,
+        actor: str,
+        reason: str,
+        at: datetime,
+    ) -> None:
+        """Record an approve/reject of a whole plan (action_id None) or one action."""
+        if decision not in ("approve", "reject"):
+            raise ValueError(f"decision must be 'approve' or 'reject', not {decision!r}")
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM plans WHERE hash = ?", (plan_hash,)).fetchone() is None:
+                raise StoreError(
+                    f"no saved plan {plan_hash}: run `certgit plan` and approve the hash "
+                    "it prints"
+                )
+            conn.execute(
+                "INSERT INTO approvals (plan_hash, action_id, decision, actor, reason, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (plan_hash, action_id, decision, actor, reason, _ts(at)),
+            )
+
+    def approvals(self, plan_hash: str) -> list[dict[str, Any]]:
+        """Every decision on one plan, oldest first."""
+        cursor = self._conn.execute(
+            "SELECT plan_hash, action_id, decision, actor, reason, created_at FROM approvals "
+            "WHERE plan_hash = ? ORDER BY id",
+            (plan_hash,),
+        )
+        return _dicts(cursor)
+
+    # ------------------------------------------------------------------ source state
+
+    def get_source_state(self, key: str) -> str | None:
+        """A value of the Git source's bookkeeping (e.g. last_applied_commit), or None."""
+        row = self._conn.execute("SELECT value FROM source_state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_source_state(self, key: str, value: str) -> None:
+        """Set one source bookkeeping value."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO source_state (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    @property
+    def last_applied_commit(self) -> str | None:
+        """The commit whose plan was last applied in full."""
+        return self.get_source_state(LAST_APPLIED_COMMIT)
+
+    # ------------------------------------------------------------------ read model
+
+    def recorded_state(self) -> RecordedState:
+        """Everything the planner needs, from one snapshot; one query per table, no blobs."""
+        with self.transaction(write=False) as conn:
+            version_rows = conn.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM certificate_versions "
+                "WHERE retired_at IS NULL ORDER BY certificate, version"
+            ).fetchall()
+            deployment_rows = conn.execute(
+                "SELECT certificate, target, fingerprint, version, updated_at, last_error, "
+                "attempts, last_attempt_fingerprint FROM deployments"
+            ).fetchall()
+            hold_rows = conn.execute(
+                "SELECT target, certificate, fingerprint, reason, created_by, created_at "
+                "FROM holds ORDER BY id"
+            ).fetchall()
+            commit_row = conn.execute(
+                "SELECT value FROM source_state WHERE key = ?", (LAST_APPLIED_COMMIT,)
+            ).fetchone()
+        grouped: dict[str, list[CertificateVersion]] = {}
+        for row in version_rows:
+            grouped.setdefault(row[0], []).append(_version_from_row(row))
+        # Column order matches the dataclasses' field order.
+        deployments = {
+            (r[0], r[1]): Deployment(*r[:4], _dt(r[4]), *r[5:]) for r in deployment_rows
+        }
+        holds = tuple(Hold(*r[:5], _dt(r[5])) for r in hold_rows)
+        return RecordedState(
+            versions={name: tuple(vs) for name, vs in grouped.items()},
+            deployments=deployments,
+            holds=holds,
+            last_applied_commit=None if commit_row is None else str(commit_row[0]),
+        )
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(
+        self, actor: str, action: str, subject: str, details: Mapping[str, Any], at: datetime
+    ) -> int:
+        """Append one hash-chained audit row and return its seq.
+
+        ``details`` must hold no secrets (fingerprints and names only); JSON that
+        contains "PRIVATE KEY" is refused with `StoreError`.
+        """
+        stamp = _ts(at)
+        with self.transaction() as conn:
+            return _audit.append(conn, stamp, actor, action, subject, details)
+
+    def audit_rows(self, *, since_seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Audit rows with seq > since_seq, oldest first (details parsed, at as datetime)."""
+        entries = _audit.read_entries(self._conn, since_seq=since_seq, limit=limit)
+        return [
+            {**vars(e), "at": _dt(e.at), "details": json.loads(e.details_json)}
+            for e in entries
+        ]
+
+    def verify_audit(self) -> int:
+        """Verify the whole chain and head; return rows verified or raise `AuditChainBroken`."""
+        with self.transaction(write=False) as conn:
+            return _audit.verify(conn)

@@ -1,0 +1,172 @@
+"""The append-only, hash-chained audit log: tampering that bypasses the triggers is caught."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from certgit.reconciler.errors import AuditChainBroken, StoreError
+from certgit.reconciler.store import GENESIS_HASH, Store
+from certgit.reconciler.store.audit import AuditEntry, chain_hash, verify_chain
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(tmp_path / "state", master_key=bytes(range(32)))
+    for i in range(1, 6):
+        s.audit(
+            f"user{i}",
+            "approve",
+            f"plan p{i}",
+            {"reason": f"change {i}", "fingerprint": f"{i:064x}", "n": i},
+            NOW + timedelta(minutes=i),
+        )
+    yield s
+    s.close()
+
+
+def _drop_triggers(store: Store) -> None:
+    store.connection.execute("DROP TRIGGER audit_log_no_update")
+    store.connection.execute("DROP TRIGGER audit_log_no_delete")
+
+
+def _assert_integrity(store: Store) -> None:
+    assert store.connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_append_and_verify(store: Store) -> None:
+    assert store.verify_audit() == 5
+    rows = store.audit_rows()
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[0]["prev_hash"] == GENESIS_HASH
+    assert all(rows[i]["prev_hash"] == rows[i - 1]["hash"] for i in range(1, 5))
+    assert rows[2]["details"] == {"reason": "change 3", "fingerprint": f"{3:064x}", "n": 3}
+    assert rows[2]["at"] == NOW + timedelta(minutes=3)
+    assert rows[2]["actor"] == "user3"
+    assert [r["seq"] for r in store.audit_rows(since_seq=3)] == [4, 5]
+    assert [r["seq"] for r in store.audit_rows(limit=2)] == [1, 2]
+    # The stored hash is exactly the documented formula.
+    r = rows[0]
+    expected = chain_hash(
+        GENESIS_HASH, 1, "2026-01-02T03:05:05.000000+00:00", "user1", "approve", "plan p1",
+        r["details"],
+    )  # fmt: skip
+    assert r["hash"] == expected
+    assert store.audit("bob", "release", "nginx", {}, NOW) == 6
+    assert store.verify_audit() == 6
+    _assert_integrity(store)
+
+
+def test_empty_log_verifies(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s", master_key=bytes(32)) as s:
+        assert s.verify_audit() == 0
+
+
+def test_details_stored_canonically(store: Store) -> None:
+    seq = store.audit("a", "b", "c", {"z": 1, "a": [1, 2]}, NOW)
+    (text,) = store.connection.execute(
+        "SELECT details_json FROM audit_log WHERE seq = ?", (seq,)
+    ).fetchone()
+    assert text == '{"a":[1,2],"z":1}'
+
+
+def test_update_blocked_by_trigger(store: Store) -> None:
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        store.connection.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        store.connection.execute("DELETE FROM audit_log WHERE seq = 5")
+    assert store.verify_audit() == 5
+
+
+def test_insert_that_skips_the_head_blocked(store: Store) -> None:
+    with pytest.raises(sqlite3.IntegrityError, match="chain head"):
+        store.connection.execute(
+            "INSERT INTO audit_log VALUES (9, 'x', 'x', 'x', 'x', '{}', ?, 'x')", (GENESIS_HASH,)
+        )
+    with pytest.raises(sqlite3.IntegrityError, match="advance"):
+        store.connection.execute("UPDATE audit_head SET seq = 4")
+
+
+def test_edited_row_detected(store: Store) -> None:
+    _drop_triggers(store)
+    store.connection.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3")
+    with pytest.raises(AuditChainBroken, match="seq 3: hash mismatch"):
+        store.verify_audit()
+    _assert_integrity(store)
+
+
+def test_edited_details_detected(store: Store) -> None:
+    _drop_triggers(store)
+    store.connection.execute(
+        "UPDATE audit_log SET details_json = '{\"n\":2,\"reason\":\"nothing\"}' WHERE seq = 2"
+    )
+    with pytest.raises(AuditChainBroken, match="seq 2: hash mismatch"):
+        store.verify_audit()
+
+
+def test_rehashed_row_still_detected(store: Store) -> None:
+    # A forger who recomputes the edited row's hash breaks the link to the next row.
+    _drop_triggers(store)
+    row = store.audit_rows()[2]
+    forged = chain_hash(row["prev_hash"], 3, "2026-01-02T03:07:05.000000+00:00", "mallory",
+                        "approve", "plan p3", row["details"])  # fmt: skip
+    store.connection.execute(
+        "UPDATE audit_log SET actor = 'mallory', hash = ? WHERE seq = 3", (forged,)
+    )
+    with pytest.raises(AuditChainBroken, match="seq 4: prev_hash"):
+        store.verify_audit()
+
+
+def test_deleted_middle_row_detected(store: Store) -> None:
+    _drop_triggers(store)
+    store.connection.execute("DELETE FROM audit_log WHERE seq = 3")
+    with pytest.raises(AuditChainBroken, match="seq 3: row missing"):
+        store.verify_audit()
+    _assert_integrity(store)
+
+
+def test_deleted_last_row_detected(store: Store) -> None:
+    _drop_triggers(store)
+    store.connection.execute("DELETE FROM audit_log WHERE seq = 5")
+    with pytest.raises(AuditChainBroken, match="seq 5: head mismatch"):
+        store.verify_audit()
+    _assert_integrity(store)
+
+
+def test_deleted_first_row_detected(store: Store) -> None:
+    _drop_triggers(store)
+    store.connection.execute("DELETE FROM audit_log WHERE seq = 1")
+    with pytest.raises(AuditChainBroken, match="seq 1"):
+        store.verify_audit()
+
+
+def test_deleted_head_detected(store: Store) -> None:
+    store.connection.execute("DROP TRIGGER audit_head_no_delete")
+    store.connection.execute("DELETE FROM audit_head")
+    with pytest.raises(AuditChainBroken, match="head is missing"):
+        store.verify_audit()
+
+
+def test_private_key_refused_in_details(store: Store) -> None:
+    secret = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMG\n-----END PRIVATE KEY-----\n"
+    with pytest.raises(StoreError, match="private key material") as info:
+        store.audit("alice", "deploy", "web", {"material": {"key": secret}}, NOW)
+    assert "MIGHAgEAMBMG" not in str(info.value)
+    assert store.verify_audit() == 5  # nothing written
+
+
+def test_verify_chain_pure() -> None:
+    h1 = chain_hash(GENESIS_HASH, 1, "t", "a", "x", "s", {})
+    entries = [AuditEntry(1, "t", "a", "x", "s", "{}", GENESIS_HASH, h1)]
+    assert verify_chain(entries, 1, h1) == 1
+    with pytest.raises(AuditChainBroken, match="head mismatch"):
+        verify_chain(entries, 2, "f" * 64)
+    broken = [AuditEntry(1, "t", "a", "x", "s", "not json", GENESIS_HASH, h1)]
+    with pytest.raises(AuditChainBroken, match="seq 1: hash mismatch"):
+        verify_chain(broken, 1, h1)
