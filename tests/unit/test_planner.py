@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from certgit.reconciler.model import (
     ActionKind,
     ApprovalHook,
@@ -26,8 +29,6 @@ from certgit.reconciler.model import (
     sha256_hex,
 )
 from certgit.reconciler.planner import Plan, diff
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 ISSUER = Issuer(name="ca", type="local-ca")
