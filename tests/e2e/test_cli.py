@@ -134,7 +134,7 @@ def test_bad_commit_is_rejected_and_last_good_commit_named(cli, sample_git) -> N
     commit_files(repo, {"certificates/www.yaml": b"kind: [unclosed\n"}, "oops")
     bad = cli("plan", "--repo", str(path))
     assert bad.code == 1
-    assert bad.out.startswith("certificates/www.yaml:1:")
+    assert bad.out.startswith("certificates/www.yaml:2:1: YAML syntax error")
     assert f"last good commit {good_commit[:12]} stays in force" in bad.err
 
 

@@ -1,0 +1,484 @@
+"""Build the desired state of one commit from its YAML files.
+
+Per file: one libyaml parse (`yamlsafe.parse_yaml`), one schema validation
+per document (`certgit.schemas.validator`), semantic checks the schema cannot
+express, and conversion to model objects. That result is cached by the file's
+content key, so an unchanged file is never read or validated again; only the
+cross-document checks (duplicate names, dangling references) re-run per load.
+
+Any problem anywhere rejects the whole commit: `load` raises `ConfigErrors`
+with every positioned problem of every file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from certgit.reconciler.durations import format_duration, parse_duration
+from certgit.reconciler.errors import ConfigErrors, Problem
+from certgit.reconciler.model import (
+    KINDS,
+    ApprovalHook,
+    ApprovalRule,
+    Binding,
+    Certificate,
+    DesiredState,
+    FileEntry,
+    Issuer,
+    KeyAlgorithm,
+    KeyRotation,
+    KeySpec,
+    Policy,
+    SecretRef,
+    SourceRef,
+    Target,
+    VerifySpec,
+)
+from certgit.reconciler.yamlsafe import MAX_FILE_BYTES, PositionIndex, parse_yaml
+from certgit.schemas.validator import validate_document
+
+_CACHE_PREFIX = "certgit.desired/v1:"
+_DEFAULT_KEY_SIZE = {KeyAlgorithm.ECDSA: 256, KeyAlgorithm.RSA: 2048, KeyAlgorithm.ED25519: None}
+
+PathElement = str | int
+Model = Issuer | Certificate | Target | Policy
+# reports a problem of the document being built: (path, message, at_key)
+Report = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class _Doc:
+    """One document of a file: enough for cross-document checks, and its model if valid."""
+
+    index: int
+    kind: str
+    name: str
+    model: Model | None  # None when the document itself has problems
+
+
+@dataclass(frozen=True)
+class _FileResult:
+    """What the cache keeps per file content: built documents and positioned problems."""
+
+    docs: tuple[_Doc, ...]
+    problems: tuple[tuple[int, int, str], ...]  # (line, column, message); path added per load
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A problem found before it has a position: document index and JSON path."""
+
+    index: int
+    path: tuple[PathElement, ...]
+    at_key: bool
+    message: str
+
+
+class DesiredLoader:
+    """Loads commits into `DesiredState`, caching per-file work by content key.
+
+    `cache` may be any mutable mapping shared across loaders (values pickle);
+    without one, the loader keeps its own and drops entries of files that
+    vanished from the latest load.
+    """
+
+    def __init__(self, cache: MutableMapping[str, Any] | None = None) -> None:
+        self._owns_cache = cache is None
+        self._cache: MutableMapping[str, Any] = {} if cache is None else cache
+
+    def load(self, files: Iterable[FileEntry], commit: str | None) -> DesiredState:
+        """Validate and build every document of `files`.
+
+        Raises ConfigErrors with every problem of the commit (paths exactly as
+        in the FileEntry) when anything is wrong.
+        """
+        entries = sorted(files, key=lambda entry: entry.path)
+        problems: list[Problem] = []
+        located: list[tuple[FileEntry, _Doc]] = []
+        used_keys: set[str] = set()
+        for entry in entries:
+            cache_key = _CACHE_PREFIX + entry.key
+            used_keys.add(cache_key)
+            result = self._cache.get(cache_key)
+            if not isinstance(result, _FileResult):
+                result = build_file(entry.read())
+                self._cache[cache_key] = result
+            problems.extend(
+                Problem(entry.path, line, col, msg) for line, col, msg in result.problems
+            )
+            located.extend((entry, doc) for doc in result.docs)
+        if self._owns_cache:
+            for stale in [key for key in self._cache if key not in used_keys]:
+                del self._cache[stale]
+
+        problems.extend(_cross_check(located))
+        if problems:
+            raise ConfigErrors(problems)
+        return _assemble(located, commit)
+
+
+def load_directory(root: Path) -> DesiredState:
+    """Load every `*.yaml`/`*.yml` under `root` (skipping dot-files and dot-directories).
+
+    Paths are relative to `root` in POSIX form, keys are SHA-256 of the bytes,
+    and symlinks that lead out of `root` are ignored.
+    """
+    return DesiredLoader().load(directory_entries(root), None)
+
+
+def directory_entries(root: Path) -> list[FileEntry]:
+    """The YAML files under `root` as FileEntry objects (content read once, now)."""
+    base = root.resolve()
+    entries: list[FileEntry] = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            if filename.startswith(".") or not filename.endswith((".yaml", ".yml")):
+                continue
+            full = Path(dirpath, filename)
+            if not full.resolve().is_relative_to(base) or not full.resolve().is_file():
+                continue  # a symlink out of the repo, or to something that is not a file
+            with full.open("rb") as handle:
+                # One byte over the cap is enough for the loader to refuse the file.
+                data = handle.read(MAX_FILE_BYTES + 1)
+            entries.append(
+                FileEntry(
+                    path=full.relative_to(base).as_posix(),
+                    key=hashlib.sha256(data).hexdigest(),
+                    read=_reader(data),
+                )
+            )
+    return sorted(entries, key=lambda entry: entry.path)
+
+
+def _reader(data: bytes) -> Any:
+    return lambda: data
+
+
+# --------------------------------------------------------------------------- one file
+
+
+def build_file(data: bytes) -> _FileResult:
+    """Parse, validate and build one file; problems positioned without a path."""
+    parsed = parse_yaml(data, "")
+    fixed = [(p.line, p.column, p.message) for p in parsed.problems]
+    pending: list[_Pending] = []
+    docs: list[_Doc] = []
+    for index, doc in parsed.documents:
+        violations = validate_document(doc)
+        model: Model | None = None
+        if violations:
+            pending.extend(_Pending(index, v.path, v.at_key, v.message) for v in violations)
+        else:
+            model, semantic = _build(doc, index)
+            if semantic:
+                pending.extend(semantic)
+                model = None
+        kind = doc.get("kind")
+        metadata = doc.get("metadata")
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        if kind in KINDS and isinstance(name, str):
+            docs.append(_Doc(index, kind, name, model))
+    if pending:
+        positions = PositionIndex(data)
+        for item in pending:
+            line, column = positions.position(item.index, item.path, item.at_key)
+            fixed.append((line, column, item.message))
+    return _FileResult(tuple(docs), tuple(fixed))
+
+
+def _build(doc: dict[str, Any], index: int) -> tuple[Model | None, list[_Pending]]:
+    kind = doc["kind"]
+    metadata = doc["metadata"]
+    name: str = metadata["name"]
+    labels = dict(metadata.get("labels") or {})
+    spec: dict[str, Any] = doc.get("spec") or {}
+    prefix = f'{kind} "{name}": '
+    problems: list[_Pending] = []
+
+    def problem(path: tuple[PathElement, ...], message: str, at_key: bool = False) -> None:
+        problems.append(_Pending(index, path, at_key, prefix + message))
+
+    model: Model
+    if kind == "Issuer":
+        model = _build_issuer(name, labels, spec, problem)
+    elif kind == "Certificate":
+        model = _build_certificate(name, labels, spec, problem)
+    elif kind == "Target":
+        model = _build_target(name, labels, spec)
+    else:
+        model = _build_policy(name, labels, spec)
+    return model, problems
+
+
+def _build_issuer(
+    name: str, labels: dict[str, str], spec: dict[str, Any], problem: Report
+) -> Issuer:
+    local = spec.get("localCA") or {}
+    cert_ref, key_ref = local.get("certificateRef"), local.get("keyRef")
+    if (cert_ref is None) != (key_ref is None):
+        problem(
+            ("spec", "localCA"),
+            "spec.localCA: give both certificateRef and keyRef, or neither "
+            "(certgit then creates the CA in its state directory)",
+            at_key=True,
+        )
+    return Issuer(
+        name=name,
+        type=spec["type"],
+        labels=labels,
+        ca_certificate=SecretRef(**cert_ref) if cert_ref else None,
+        ca_key=SecretRef(**key_ref) if key_ref else None,
+        ca_common_name=local.get("commonName"),
+        settings=dict(spec),
+        source=None,
+    )
+
+
+def _duration(
+    spec: dict[str, Any], field: str, default: timedelta | None, problem: Report
+) -> timedelta | None:
+    if field not in spec:
+        return default
+    try:
+        return parse_duration(spec[field])
+    except ValueError as exc:
+        problem(("spec", field), f"spec.{field}: {exc}")
+        return default
+
+
+def _build_certificate(
+    name: str, labels: dict[str, str], spec: dict[str, Any], problem: Report
+) -> Certificate:
+    common_name = spec.get("commonName")
+    dns_names = tuple(spec.get("dnsNames") or ())
+    ips: list[str] = []
+    for position, raw in enumerate(spec.get("ipAddresses") or ()):
+        try:
+            ips.append(str(ipaddress.ip_address(raw)))
+        except ValueError:
+            problem(
+                ("spec", "ipAddresses", position),
+                f'spec.ipAddresses[{position}]: "{raw}" is not an IPv4 or IPv6 address',
+            )
+    if not common_name and not dns_names and not spec.get("ipAddresses"):
+        problem(("spec",), "give at least one of commonName, dnsNames or ipAddresses", at_key=True)
+
+    key = spec.get("key") or {}
+    algorithm = KeyAlgorithm(key.get("algorithm", KeyAlgorithm.ECDSA.value))
+    key_spec = KeySpec(
+        algorithm=algorithm,
+        size=key.get("size", _DEFAULT_KEY_SIZE[algorithm]),
+        rotation=KeyRotation(key.get("rotation", KeyRotation.ALWAYS.value)),
+    )
+
+    duration = _duration(spec, "duration", timedelta(days=90), problem) or timedelta(days=90)
+    renew_before = _duration(spec, "renewBefore", None, problem)
+    if renew_before is not None and renew_before >= duration:
+        problem(
+            ("spec", "renewBefore"),
+            f"spec.renewBefore ({format_duration(renew_before)}) must be shorter than "
+            f"spec.duration ({format_duration(duration)})",
+        )
+    if "renewBefore" in spec and "renewBeforePercentage" in spec:
+        problem(
+            ("spec", "renewBeforePercentage"),
+            "give either renewBefore or renewBeforePercentage, not both",
+            at_key=True,
+        )
+
+    bindings: list[Binding] = []
+    seen_targets: set[str] = set()
+    for position, entry in enumerate(spec.get("deployTo") or ()):
+        target = entry["target"]
+        if target in seen_targets:
+            problem(
+                ("spec", "deployTo", position, "target"),
+                f'spec.deployTo[{position}].target: target "{target}" is listed twice: '
+                "merge the two entries",
+            )
+        seen_targets.add(target)
+        overrides = {k: v for k, v in entry.items() if k != "target"}
+        bindings.append(Binding(target=target, overrides=overrides))
+
+    return Certificate(
+        name=name,
+        issuer_ref=spec["issuerRef"]["name"],
+        common_name=common_name,
+        dns_names=dns_names,
+        ip_addresses=tuple(ips),
+        key=key_spec,
+        duration=duration,
+        renew_before=renew_before,
+        renew_before_percentage=spec.get("renewBeforePercentage"),
+        deploy_to=tuple(bindings),
+        labels=labels,
+    )
+
+
+def _build_target(name: str, labels: dict[str, str], spec: dict[str, Any]) -> Target:
+    verify = spec.get("verify")
+    approval = spec.get("approval")
+    return Target(
+        name=name,
+        type=spec["type"],
+        labels=labels,
+        transport=dict(spec.get("transport") or {"type": "local"}),
+        settings=dict(spec.get("settings") or {}),
+        verify=VerifySpec(verify["endpoint"], verify.get("serverName")) if verify else None,
+        approval=(
+            ApprovalHook(
+                required=approval.get("required", True),
+                actions=tuple(approval.get("actions") or ()),
+            )
+            if approval is not None
+            else None
+        ),
+    )
+
+
+def _build_policy(name: str, labels: dict[str, str], spec: dict[str, Any]) -> Policy:
+    rules = []
+    for rule in spec.get("approvals") or ():
+        match = rule.get("match") or {}
+        rules.append(
+            ApprovalRule(
+                name=rule["name"],
+                target_labels=dict(match.get("targetLabels") or {}),
+                certificate_labels=dict(match.get("certificateLabels") or {}),
+                targets=tuple(match.get("targets") or ()),
+                certificates=tuple(match.get("certificates") or ()),
+                actions=tuple(match.get("actions") or ()),
+            )
+        )
+    return Policy(
+        name=name,
+        approvals=tuple(rules),
+        prune_orphans=bool(spec.get("pruneOrphans", False)),
+        labels=labels,
+    )
+
+
+# --------------------------------------------------------------------------- cross-document
+
+
+class _Positions:
+    """Positions in files by path, re-reading a file only when a problem needs it."""
+
+    def __init__(self) -> None:
+        self._indexes: dict[str, PositionIndex] = {}
+
+    def at(
+        self, entry: FileEntry, index: int, path: tuple[PathElement, ...], at_key: bool = False
+    ) -> tuple[int, int]:
+        if entry.path not in self._indexes:
+            self._indexes[entry.path] = PositionIndex(entry.read())
+        return self._indexes[entry.path].position(index, path, at_key)
+
+    def problem(
+        self, entry: FileEntry, index: int, path: tuple[PathElement, ...], message: str
+    ) -> Problem:
+        line, column = self.at(entry, index, path)
+        return Problem(entry.path, line, column, message)
+
+
+def _cross_check(located: list[tuple[FileEntry, _Doc]]) -> Iterator[Problem]:
+    positions = _Positions()
+    first: dict[tuple[str, str], tuple[FileEntry, _Doc]] = {}
+    for entry, doc in located:
+        key = (doc.kind, doc.name)
+        if key not in first:
+            first[key] = (entry, doc)
+            continue
+        first_entry, first_doc = first[key]
+        line, column = positions.at(first_entry, first_doc.index, ("metadata", "name"))
+        yield positions.problem(
+            entry,
+            doc.index,
+            ("metadata", "name"),
+            f'duplicate {doc.kind} "{doc.name}" (first defined at '
+            f"{first_entry.path}:{line}:{column}): rename one of them",
+        )
+
+    names: dict[str, list[str]] = {}
+    for kind, name in first:
+        names.setdefault(kind, []).append(name)
+    known = {kind: set(values) for kind, values in names.items()}
+
+    def dangling(kind: str, name: str) -> bool:
+        return name not in known.get(kind, set())
+
+    def hint(kind: str, name: str) -> str:
+        close = difflib.get_close_matches(name, names.get(kind, []), n=1)
+        return f' (did you mean "{close[0]}"?)' if close else f": define a {kind} named {name!r}"
+
+    for entry, doc in located:
+        model = doc.model
+        prefix = f'{doc.kind} "{doc.name}": '
+        if isinstance(model, Certificate):
+            if dangling("Issuer", model.issuer_ref):
+                yield positions.problem(
+                    entry,
+                    doc.index,
+                    ("spec", "issuerRef", "name"),
+                    f'{prefix}spec.issuerRef.name: no Issuer named "{model.issuer_ref}"'
+                    + hint("Issuer", model.issuer_ref),
+                )
+            for position, binding in enumerate(model.deploy_to):
+                if dangling("Target", binding.target):
+                    yield positions.problem(
+                        entry,
+                        doc.index,
+                        ("spec", "deployTo", position, "target"),
+                        f"{prefix}spec.deployTo[{position}].target: no Target named "
+                        f'"{binding.target}"' + hint("Target", binding.target),
+                    )
+        elif isinstance(model, Policy):
+            for rule_index, rule in enumerate(model.approvals):
+                for field, kind, values in (
+                    ("targets", "Target", rule.targets),
+                    ("certificates", "Certificate", rule.certificates),
+                ):
+                    for position, value in enumerate(values):
+                        if dangling(kind, value):
+                            path = ("spec", "approvals", rule_index, "match", field, position)
+                            yield positions.problem(
+                                entry,
+                                doc.index,
+                                path,
+                                f"{prefix}spec.approvals[{rule_index}].match.{field}[{position}]: "
+                                f'no {kind} named "{value}"' + hint(kind, value),
+                            )
+
+
+def _assemble(located: list[tuple[FileEntry, _Doc]], commit: str | None) -> DesiredState:
+    by_kind: dict[str, dict[str, Model]] = {kind: {} for kind in KINDS}
+    for entry, doc in located:
+        if doc.model is None:  # unreachable: a doc without model always comes with a problem
+            continue
+        source = SourceRef(entry.path, doc.index)
+        by_kind[doc.kind][doc.name] = _with_source(doc.model, source)
+    return DesiredState(
+        commit=commit,
+        issuers=_sorted(by_kind["Issuer"]),
+        certificates=_sorted(by_kind["Certificate"]),
+        targets=_sorted(by_kind["Target"]),
+        policies=_sorted(by_kind["Policy"]),
+    )
+
+
+def _with_source(model: Model, source: SourceRef) -> Any:
+    # The cached model has no source: the same content may live at another path.
+    return replace(model, source=source)
+
+
+def _sorted(items: Mapping[str, Model]) -> dict[str, Any]:
+    return {name: items[name] for name in sorted(items)}
