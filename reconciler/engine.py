@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from certgit.reconciler.config import Settings, SettingsError
 from certgit.reconciler.desired import DesiredLoader
-from certgit.reconciler.model import DesiredState, LiveObservation
+from certgit.reconciler.model import DesiredState, LiveObservation, RecordedState
 from certgit.reconciler.planner import Plan, diff
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ class Engine:
         self.loader = DesiredLoader()
         self._last_tree: str | None = None
         self._last_desired: DesiredState | None = None
+        # (tree id, recorded state, plan): reused while nothing it depends on moved.
+        self._last_plan: tuple[str, RecordedState, Plan] | None = None
 
     @cached_property
     def store(self) -> Store:
@@ -109,9 +111,31 @@ class Engine:
         desired: DesiredState | None = None,
         live: Mapping[tuple[str, str], LiveObservation] | None = None,
     ) -> Plan:
-        """Compute the plan for the current commit against the recorded state."""
+        """Compute the plan for the current commit against the recorded state.
+
+        A re-poll that finds the same tree, an equal recorded state, no live
+        observations and a clock before the plan's `stable_until` reuses the
+        previous plan: the planner is pure, so it would return the same one.
+        """
+        polled = desired is None
         desired = desired if desired is not None else self.desired()
-        return diff(desired, self.store.recorded_state(), live or {}, self.clock())
+        recorded = self.store.recorded_state()
+        now = self.clock()
+        cached = self._last_plan
+        if (
+            polled
+            and not live
+            and cached is not None
+            and cached[0] == self._last_tree
+            and cached[1] == recorded
+            and cached[2].stable_until is not None
+            and now < cached[2].stable_until
+        ):
+            return replace(cached[2], commit=desired.commit)
+        plan = diff(desired, recorded, live or {}, now)
+        if polled and not live and self._last_tree is not None:
+            self._last_plan = (self._last_tree, recorded, plan)
+        return plan
 
     def record_plan(self, plan: Plan, actor: str) -> bool:
         """Persist the plan (idempotent on its hash); audit it the first time. True if new."""

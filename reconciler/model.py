@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 API_VERSION = "certgit.dev/v1"
@@ -131,6 +132,12 @@ class Certificate:
 
     def spec_hash(self) -> str:
         """Hash of everything whose change requires a new certificate (SANs, key, issuer)."""
+        return self._spec_hash
+
+    @cached_property
+    def _spec_hash(self) -> str:
+        # Cached on the instance: the loader reuses Certificate objects across
+        # polls by blob id, so an unchanged certificate is hashed once.
         return sha256_hex(
             canonical_json(
                 {

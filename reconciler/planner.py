@@ -16,8 +16,8 @@ Target's own approval hook gates it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -132,6 +132,9 @@ class Plan:
     commit: str | None
     actions: tuple[Action, ...]
     bindings: tuple[BindingStatus, ...] = field(default=())
+    # Until this instant the same desired, recorded and live state give this
+    # same plan: the next renewal threshold (or `now` when a reason is time-relative).
+    stable_until: datetime | None = field(default=None, compare=False)
 
     @cached_property
     def hash(self) -> str:
@@ -196,8 +199,13 @@ class _Gate:
         ]
         self._targets = desired.targets
         self._certificates = desired.certificates
+        self._hooks = any(
+            t.approval is not None and t.approval.required for t in desired.targets.values()
+        )
 
     def __call__(self, kind: ActionKind, certificate: str, target: str | None) -> tuple[str, ...]:
+        if not self._rules and not self._hooks:
+            return ()
         cert = self._certificates.get(certificate)
         tgt: Target | None = self._targets.get(target) if target else None
         reasons: list[str] = []
@@ -244,6 +252,8 @@ def diff(
     gate = _Gate(desired)
     actions: list[Action] = []
     statuses: list[BindingStatus] = []
+    # The earliest instant at which `now` alone would change this plan.
+    stable_until = datetime.max.replace(tzinfo=UTC)
 
     for name in sorted(desired.certificates):
         cert = desired.certificates[name]
@@ -262,6 +272,9 @@ def diff(
             due = _renewal_due(cert, latest, now)
             if due is not None:
                 new_version, drift, reason = ActionKind.RENEW, Drift.EXPIRING, due
+                stable_until = now  # the reason's "in 12d" moves with the clock
+            else:
+                stable_until = min(stable_until, latest.not_after - cert.effective_renew_before())
         if new_version is not None:
             actions.append(
                 Action(
@@ -275,21 +288,26 @@ def diff(
                 )
             )
 
-        for binding in cert.deploy_to:
+        bindings = cert.deploy_to
+        if len(bindings) > 1:
+            bindings = tuple(sorted(bindings, key=lambda b: b.target))
+        for binding in bindings:
             status, action = _plan_binding(
-                cert, binding.target, spec, latest, new_version, drift, reason, recorded, live
+                cert, binding.target, spec, latest, new_version, drift, reason, recorded, live, gate
             )
             statuses.append(status)
             if action is not None:
-                actions.append(replace(action, gated_by=gate(action.kind, name, binding.target)))
+                actions.append(action)
 
     prune = any(p.prune_orphans for p in desired.policies.values())
-    for (cert_name, target_name), dep in sorted(recorded.deployments.items()):
+    orphans_seen = False
+    for (cert_name, target_name), dep in recorded.deployments.items():
         desired_cert = desired.certificates.get(cert_name)
         if desired_cert is not None and any(
             b.target == target_name for b in desired_cert.deploy_to
         ):
             continue
+        orphans_seen = True
         hold = recorded.hold_for(cert_name, target_name)
         if hold is not None:
             statuses.append(_held(cert_name, target_name, dep, hold.reason, recorded))
@@ -325,9 +343,16 @@ def diff(
                 )
             )
 
-    actions.sort(key=Action.sort_key)
-    statuses.sort(key=lambda s: (s.certificate, s.target))
-    return Plan(commit=desired.commit, actions=tuple(actions), bindings=tuple(statuses))
+    if orphans_seen:
+        # Certificates and their bindings were visited in order; only orphans need merging.
+        actions.sort(key=Action.sort_key)
+        statuses.sort(key=lambda s: (s.certificate, s.target))
+    return Plan(
+        commit=desired.commit,
+        actions=tuple(actions),
+        bindings=tuple(statuses),
+        stable_until=stable_until,
+    )
 
 
 def _not_after(recorded: RecordedState, certificate: str, version: int | None) -> datetime | None:
@@ -365,8 +390,9 @@ def _plan_binding(
     cert_reason: str,
     recorded: RecordedState,
     live: Mapping[tuple[str, str], LiveObservation],
+    gate: _Gate,
 ) -> tuple[BindingStatus, Action | None]:
-    """Status and (ungated) action for one binding."""
+    """Status and action (if any) for one binding."""
     name = cert.name
     dep = recorded.deployments.get((name, target))
     deployed_fp = dep.fingerprint if dep else None
@@ -392,6 +418,7 @@ def _plan_binding(
             spec_hash=spec,
             fingerprint=fingerprint,
             version=version,
+            gated_by=gate(ActionKind.DEPLOY, name, target),
         )
         return status(drift, reason), action
 
