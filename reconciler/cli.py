@@ -235,7 +235,8 @@ def cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             except AuditChainBroken as exc:
                 print(f"audit log TAMPERED: {exc}", file=err)
                 return EXIT_ERROR
-            print(f"audit log intact: {count} entr{'y' if count == 1 else 'ies'} verified", file=out)
+            noun = "entry" if count == 1 else "entries"
+            print(f"audit log intact: {count} {noun} verified", file=out)
             return EXIT_OK
         rows: list[dict[str, Any]] = engine.store.audit_rows()
         if args.limit:
