@@ -7,11 +7,12 @@
     ├── StoreError             state store unreadable, migration failed, master key wrong
     │   └── AuditChainBroken   an audit row was edited or deleted
     ├── IssuanceError          the issuer could not produce a certificate
-    ├── DeployError            (issue 9) ValidateFailed, ReloadFailed, RollbackFailed,
-    │                          VerifyMismatch
-    └── DeniedError            (issue 9) a sandbox grant was missing
+    ├── DeployError            see certgit.connectors.errors: PreflightFailed,
+    │                          ValidateFailed, ReloadFailed, VerifyMismatch, RollbackFailed
+    └── DeniedError            a sandbox grant was missing (certgit.connectors.errors)
 
-`temporary` tells the executor whether retrying later can help.
+`temporary` tells the executor whether retrying later can help. The root and
+the connector errors live in `certgit.connectors.errors` (the lowest layer).
 """
 
 from __future__ import annotations
@@ -19,11 +20,36 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from certgit.connectors.errors import (
+    CertgitError,
+    DeniedError,
+    DeployError,
+    PreflightFailed,
+    ReloadFailed,
+    RollbackFailed,
+    TransportError,
+    ValidateFailed,
+    VerifyMismatch,
+)
 
-class CertgitError(Exception):
-    """Root of every error certgit raises on purpose."""
-
-    temporary: bool = False
+__all__ = [
+    "AuditChainBroken",
+    "CertgitError",
+    "ConfigError",
+    "ConfigErrors",
+    "DeniedError",
+    "DeployError",
+    "IssuanceError",
+    "PreflightFailed",
+    "Problem",
+    "ReloadFailed",
+    "RollbackFailed",
+    "SourceError",
+    "StoreError",
+    "TransportError",
+    "ValidateFailed",
+    "VerifyMismatch",
+]
 
 
 @dataclass(frozen=True, order=True)

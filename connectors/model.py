@@ -1,0 +1,115 @@
+"""The data that crosses the reconciler → connector boundary.
+
+Certificate, chain and key travel as `bytes`, never `str`; a key never appears
+in a repr. The reconciler builds these from its own model; connectors never
+import the reconciler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+
+class Capability(StrEnum):
+    FILES = "files"  # writes certificate files on the target
+    VALIDATE = "validate"  # checks the server config with the new files in place
+    RELOAD = "reload"  # tells the server to pick up new files
+    OBSERVE = "observe"  # reports what is live for drift detection
+    API = "api"  # deploys through a management API instead of files
+    ED25519 = "ed25519"  # the server accepts Ed25519 keys
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Post-deploy TLS check: handshake to host:port with SNI, compare the leaf SHA-256."""
+
+    host: str
+    port: int
+    server_name: str | None = None
+    initial_delay: float = 1.0  # seconds before the first retry
+    max_delay: float = 16.0
+    attempts: int = 3
+    timeout: float = 5.0  # per handshake
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One Target as a connector sees it.
+
+    `settings` is the Target's type-specific `spec.settings` mapping as written
+    in Git; `work_dir` is a private directory in the state dir for this target
+    (journal, backups, locks); relative paths in settings resolve against
+    `base_dir` (the state directory).
+    """
+
+    name: str
+    type: str
+    settings: Mapping[str, Any]
+    work_dir: Path
+    base_dir: Path
+    transport: Mapping[str, Any] = field(default_factory=lambda: {"type": "local"})
+    verify: VerifyConfig | None = None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One certificate version to put on a target."""
+
+    certificate: str  # the Certificate's metadata.name
+    version: int
+    fingerprint: str  # SHA-256 of the leaf DER, lowercase hex
+    cert_pem: bytes  # the leaf
+    chain_pem: bytes  # the issuing chain, leaf excluded
+    key_pem: bytes = field(repr=False)
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # the binding's deployTo entry
+    dns_names: tuple[str, ...] = ()
+
+    @property
+    def fullchain_pem(self) -> bytes:
+        leaf = self.cert_pem if self.cert_pem.endswith(b"\n") else self.cert_pem + b"\n"
+        return leaf + self.chain_pem
+
+
+@dataclass(frozen=True)
+class Removal:
+    """A binding to take off a target (orphan pruning)."""
+
+    certificate: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    """Everything one cycle changes on one target: one transaction, one validate, one reload."""
+
+    target: TargetSpec
+    deployments: tuple[Deployment, ...] = ()
+    removals: tuple[Removal, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeployReport:
+    """What a deploy really did."""
+
+    target: str
+    changed: bool  # False: every file already matched (SHA-256 short-circuit), nothing ran
+    validated: bool = False
+    reloaded: bool = False
+    verified: bool = False
+    files: Mapping[str, str] = field(default_factory=dict)  # path -> SHA-256 now on disk
+    fingerprints: Mapping[str, str] = field(default_factory=dict)  # certificate -> fingerprint
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What is live for one binding."""
+
+    certificate: str
+    target: str
+    fingerprint: str | None  # leaf found/served; None when absent
+    files: Mapping[str, str | None] = field(default_factory=dict)  # path -> SHA-256 or None
+    error: str | None = None  # could not observe: no conclusion about drift
