@@ -1,0 +1,1 @@
+"""Connector SDK: sandbox, transports, atomic apply, verify, registry, conformance."""
