@@ -101,9 +101,16 @@ class ConfigErrors(ConfigError):
 
 
 class SourceError(CertgitError):
-    """The Git source could not give a commit; the last good commit stays in force."""
+    """The Git source could not give a commit; the last good commit stays in force.
 
-    temporary = True
+    Temporary (a retry may help: remote unreachable) unless the commit itself is
+    refused (history rewritten, path missing, no YAML): then only a new commit
+    or a configuration change helps.
+    """
+
+    def __init__(self, message: str, *, temporary: bool = True) -> None:
+        super().__init__(message)
+        self.temporary = temporary
 
 
 class StoreError(CertgitError):

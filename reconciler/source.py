@@ -233,7 +233,8 @@ class GitSource:
                 raise SourceError(
                     f"{where} in commit {commit_id[:12]} of {self._shown_url} holds no .yaml or "
                     ".yml file; an empty desired state is refused rather than read as 'delete "
-                    f"everything'; restore the files or fix the source path; {_KEEP}"
+                    f"everything'; restore the files or fix the source path; {_KEEP}",
+                    temporary=False,
                 )
             self._last_tree, self._last_files = tree_id, files
             self._subtrees = walker.seen
@@ -293,12 +294,14 @@ class GitSource:
         except KeyError:
             raise SourceError(
                 f"path '{self._path}' does not exist in commit {commit_id} of "
-                f"{self._shown_url}; fix the source path or restore the directory; {_KEEP}"
+                f"{self._shown_url}; fix the source path or restore the directory; {_KEEP}",
+                temporary=False,
             ) from None
         if not isinstance(entry, pygit2.Tree):
             raise SourceError(
                 f"path '{self._path}' in commit {commit_id} of {self._shown_url} is not a "
-                f"directory; point the source path at a directory; {_KEEP}"
+                f"directory; point the source path at a directory; {_KEEP}",
+                temporary=False,
             )
         return entry
 
@@ -316,7 +319,8 @@ class GitSource:
             f"ref {self.config.ref or 'HEAD'!r} does not descend from the last applied commit "
             f"{last_applied}; nothing is applied and {_KEEP}. If the rewrite is intended, set "
             "`allowHistoryRewrite: true` for this source (or pass --allow-history-rewrite) "
-            "and poll again"
+            "and poll again",
+            temporary=False,
         )
 
 

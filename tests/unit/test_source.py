@@ -186,6 +186,7 @@ def test_path_without_yaml_is_refused_not_read_as_empty(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"no \.yaml or \.yml file") as info:
         make_source(tmp_path, repo.workdir, path="desired").poll()
     assert "delete everything" in str(info.value)
+    assert info.value.temporary is False  # only a new commit can fix it: no retry loop
 
 
 def test_missing_path_and_file_path_are_refused(
@@ -290,6 +291,7 @@ def test_force_push_is_refused_unless_allowed(tmp_path: Path, upstream: pygit2.R
         source.poll(last_applied=applied)
     assert applied in str(info.value) and rewritten in str(info.value)
     assert "rewritten" in str(info.value)
+    assert info.value.temporary is False
 
     permissive = make_source(tmp_path, upstream.workdir, allow_history_rewrite=True)
     assert permissive.poll(last_applied=applied).commit == rewritten
@@ -348,3 +350,4 @@ def test_errors_never_show_a_url_password(tmp_path: Path) -> None:
     assert "s3cret" not in str(info.value)
     assert "https://bot:***@127.0.0.1:9/repo.git" in str(info.value)
     assert not source.mirror_path.exists()
+
