@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from certgit.reconciler.config import Settings, SettingsError
 from certgit.reconciler.desired import DesiredLoader
+from certgit.reconciler.doccache import DocumentCache
 from certgit.reconciler.model import DesiredState, LiveObservation, RecordedState
 from certgit.reconciler.planner import Plan, diff
 
@@ -57,7 +58,6 @@ class Engine:
         self.settings = settings
         self.clock = clock
         self.env = os.environ if env is None else env
-        self.loader = DesiredLoader()
         self._last_tree: str | None = None
         self._last_desired: DesiredState | None = None
         # (tree id, recorded state, plan): reused while nothing it depends on moved.
@@ -68,6 +68,15 @@ class Engine:
         from certgit.reconciler.store import Store
 
         return Store.open(self.settings.state_dir, env=self.env)
+
+    @cached_property
+    def doc_cache(self) -> DocumentCache:
+        self.store  # noqa: B018 - the store creates the state dir with mode 0700 first
+        return DocumentCache(self.settings.state_dir / "cache" / "documents.db")
+
+    @cached_property
+    def loader(self) -> DesiredLoader:
+        return DesiredLoader(cache=self.doc_cache)
 
     @cached_property
     def source(self) -> GitSource:
@@ -99,7 +108,10 @@ class Engine:
         if snapshot.tree == self._last_tree and self._last_desired is not None:
             desired = replace(self._last_desired, commit=snapshot.commit)
         else:
-            desired = self.loader.load(snapshot.files, snapshot.commit)
+            try:
+                desired = self.loader.load(snapshot.files, snapshot.commit)
+            finally:
+                self.doc_cache.flush()  # files with problems are worth keeping too
             self._last_tree = snapshot.tree
         self._last_desired = desired
         if self.store.get_source_state(LAST_GOOD_COMMIT) != snapshot.commit:
@@ -148,5 +160,7 @@ class Engine:
         return True
 
     def close(self) -> None:
+        if "doc_cache" in self.__dict__:
+            self.doc_cache.close()
         if "store" in self.__dict__:
             self.store.close()
