@@ -1,0 +1,19 @@
+"""The generic `files` connector: PEM files in one directory, optional validate/reload.
+
+Everything comes from FileConnector; this connector has no server-specific
+defaults, so `settings.directory` is required and commands run only when the
+target configures them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from certgit.connectors.sdk.base import FileConnector
+
+
+class FilesConnector(FileConnector):
+    """Writes certificate, chain, fullchain, key (and optionally combined) PEM files."""
+
+    name: ClassVar[str] = "files"
+    accepts_ed25519: ClassVar[bool] = True  # plain files: the consumer decides

@@ -1,0 +1,487 @@
+"""The Connector protocol and FileConnector, the base of every file-based connector.
+
+A file-based connector is mostly class attributes (file names, modes, owner,
+validate/reload commands); FileConnector turns a ChangeSet into FileSpecs and
+hands ALL of them to one `Sandbox.apply_files` call, so a target gets one
+validate and one reload per cycle however many certificates changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from certgit.connectors.errors import CertgitError, PreflightFailed
+from certgit.connectors.model import (
+    Capability,
+    ChangeSet,
+    Deployment,
+    DeployReport,
+    Observation,
+    Removal,
+    TargetSpec,
+    VerifyConfig,
+)
+from certgit.connectors.sdk.atomic import FileSpec
+from certgit.connectors.sdk.grants import Grants
+
+if TYPE_CHECKING:
+    from certgit.connectors.sdk.sandbox import Sandbox
+
+__all__ = ["Connector", "FileConnector", "FileSettings", "FileSpec"]
+
+ROLES = ("certificate", "chain", "fullchain", "key", "combined")
+KEY_ROLES = frozenset({"key", "combined"})  # files holding the private key get keyMode
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """What the executor needs from a connector. See DESIGN §4."""
+
+    name: ClassVar[str]
+
+    def capabilities(self, target: TargetSpec) -> frozenset[Capability]:
+        """What this connector does for `target` (at least one capability)."""
+        ...
+
+    def grants(self, target: TargetSpec) -> Grants:
+        """The least privileges a deploy/observe on `target` needs."""
+        ...
+
+    def deploy(self, sandbox: Sandbox, change: ChangeSet) -> DeployReport:
+        """Apply the whole ChangeSet as one transaction (one validate, one reload)."""
+        ...
+
+    def observe(
+        self, sandbox: Sandbox, target: TargetSpec, certificate: str, overrides: Mapping[str, Any]
+    ) -> Observation:
+        """Report what is live for one binding, for drift detection."""
+        ...
+
+
+@dataclass(frozen=True)
+class FileSettings:
+    """A target's settings as a FileConnector understands them (parsed and checked)."""
+
+    directory: str
+    templates: Mapping[str, str | None]
+    mode: int | None
+    key_mode: int | None
+    owner: str | None
+    group: str | None
+    validate: tuple[str, ...] | None
+    reload: tuple[str, ...] | None
+
+
+def _octal(value: Any, field_name: str, target: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value  # already an int (tests, programmatic callers)
+    text = str(value)
+    if not re.fullmatch(r"0?[0-7]{3,4}", text):
+        raise PreflightFailed(
+            f"target {target}: settings.{field_name} {text!r} is not an octal mode; "
+            'write it in quotes, e.g. "0640"',
+            target=target,
+        )
+    return int(text, 8)
+
+
+def _argv(value: Any, field_name: str, target: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, str)
+        or not isinstance(value, Sequence)
+        or not value
+        or not all(isinstance(a, str) and a for a in value)
+    ):
+        raise PreflightFailed(
+            f"target {target}: settings.{field_name} must be a non-empty list of strings "
+            "(an argv, no shell), e.g. [nginx, -t]",
+            target=target,
+        )
+    return tuple(value)
+
+
+def _leaf_fingerprint(pem: bytes | None) -> str | None:
+    """SHA-256 of the first certificate in a PEM blob (or None when there is none)."""
+    if not pem:
+        return None
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    match = _PEM_CERT.search(pem)
+    if match is None:
+        return None
+    cert = x509.load_pem_x509_certificate(match.group(0))
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    pattern, name = pattern.lower().rstrip("."), name.lower().rstrip(".")
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == name
+
+
+class FileConnector:
+    """Base for connectors that deploy PEM files, validate the config and reload a server.
+
+    Target settings understood (`spec.settings`): directory, files (name
+    templates per role, `{name}` = certificate name, null disables a role),
+    mode, keyMode (octal strings), owner, group, validateCommand, reloadCommand
+    (argv lists). Per binding (`deployTo[]` → Deployment.overrides): files and
+    directory (relative to the target directory).
+    """
+
+    name: ClassVar[str] = ""
+    roles: ClassVar[Mapping[str, str | None]] = {
+        "certificate": "{name}.crt",
+        "chain": "{name}.chain.pem",
+        "fullchain": "{name}.fullchain.pem",
+        "key": "{name}.key",
+        "combined": None,
+    }
+    default_directory: ClassVar[str | None] = None  # None: settings.directory required
+    default_mode: ClassVar[int] = 0o644
+    default_key_mode: ClassVar[int] = 0o600
+    default_owner: ClassVar[str | None] = None
+    default_group: ClassVar[str | None] = None
+    validate_command: ClassVar[tuple[str, ...] | None] = None
+    reload_command: ClassVar[tuple[str, ...] | None] = None
+    accepts_ed25519: ClassVar[bool] = False
+
+    # -- settings -------------------------------------------------------------------------
+
+    def settings(self, target: TargetSpec) -> FileSettings:
+        """Parse `target.settings` over the class defaults; PreflightFailed when malformed."""
+        raw = target.settings or {}
+        directory = raw.get("directory") or self.default_directory
+        if not directory:
+            raise PreflightFailed(
+                f"target {target.name}: settings.directory is required by the "
+                f"{self.name} connector; set it to the directory the files go to",
+                target=target.name,
+            )
+        directory = str(directory)
+        if not posixpath.isabs(directory):
+            directory = posixpath.join(str(target.base_dir), directory)
+        templates = self._templates(self.roles, raw.get("files"), target.name)
+        validate = raw.get("validateCommand")
+        reload = raw.get("reloadCommand")
+        return FileSettings(
+            directory=posixpath.normpath(directory),
+            templates=templates,
+            mode=_octal(raw.get("mode"), "mode", target.name),
+            key_mode=_octal(raw.get("keyMode"), "keyMode", target.name),
+            owner=raw.get("owner") or self.default_owner,
+            group=raw.get("group") or self.default_group,
+            validate=(
+                _argv(validate, "validateCommand", target.name)
+                if validate is not None
+                else self.validate_command
+            ),
+            reload=(
+                _argv(reload, "reloadCommand", target.name)
+                if reload is not None
+                else self.reload_command
+            ),
+        )
+
+    @staticmethod
+    def _templates(
+        base: Mapping[str, str | None], override: Any, target: str
+    ) -> dict[str, str | None]:
+        merged = dict(base)
+        if override is None:
+            return merged
+        if not isinstance(override, Mapping):
+            raise PreflightFailed(
+                f"target {target}: files must map roles ({', '.join(ROLES)}) to file names",
+                target=target,
+            )
+        for role, template in override.items():
+            if role not in ROLES:
+                raise PreflightFailed(
+                    f"target {target}: unknown file role {role!r}; use one of {', '.join(ROLES)}",
+                    target=target,
+                )
+            merged[role] = None if template is None else str(template)
+        return merged
+
+    def paths(
+        self, target: TargetSpec, certificate: str, overrides: Mapping[str, Any]
+    ) -> dict[str, str]:
+        """role -> absolute destination path for one binding (disabled roles left out)."""
+        settings = self.settings(target)
+        templates = self._templates(settings.templates, overrides.get("files"), target.name)
+        directory = settings.directory
+        if overrides.get("directory"):
+            directory = posixpath.normpath(
+                posixpath.join(settings.directory, str(overrides["directory"]))
+            )
+        out: dict[str, str] = {}
+        for role in ROLES:
+            template = templates.get(role)
+            if not template:
+                continue
+            # str.replace, not str.format: a template from Git must not reach attributes.
+            filename = template.replace("{name}", certificate)
+            out[role] = posixpath.normpath(posixpath.join(directory, filename))
+        return out
+
+    # -- Connector protocol ---------------------------------------------------------------
+
+    def capabilities(self, target: TargetSpec) -> frozenset[Capability]:
+        """FILES and OBSERVE, plus VALIDATE/RELOAD when commands are configured, ED25519."""
+        settings = self.settings(target)
+        caps = {Capability.FILES, Capability.OBSERVE}
+        if settings.validate:
+            caps.add(Capability.VALIDATE)
+        if settings.reload:
+            caps.add(Capability.RELOAD)
+        if self.accepts_ed25519:
+            caps.add(Capability.ED25519)
+        return frozenset(caps)
+
+    def grants(self, target: TargetSpec) -> Grants:
+        """fs.read/fs.write on the directory, process.exec on the commands, net.dial on verify."""
+        settings = self.settings(target)
+        binaries: list[str] = []
+        for argv in (settings.validate, settings.reload):
+            if argv:
+                binaries.append(_resolve_binary(argv[0]))
+        dial: tuple[str, ...] = ()
+        if target.verify is not None:
+            dial = (_endpoint(target.verify),)
+        return Grants(
+            fs_read=(settings.directory,),
+            fs_write=(settings.directory,),
+            net_dial=dial,
+            process_exec=tuple(dict.fromkeys(binaries)),
+        )
+
+    def file_specs(self, target: TargetSpec, deployment: Deployment) -> list[FileSpec]:
+        """One FileSpec per enabled role. Override for special formats (SDS, JKS...)."""
+        settings = self.settings(target)
+        contents = {
+            "certificate": deployment.cert_pem,
+            "chain": deployment.chain_pem,
+            "fullchain": deployment.fullchain_pem,
+            "key": deployment.key_pem,
+            # HAProxy reads leaf, chain, then key from one file; others accept that order too.
+            "combined": _join_pem(deployment.cert_pem, deployment.chain_pem, deployment.key_pem),
+        }
+        specs: list[FileSpec] = []
+        for role, path in self.paths(target, deployment.certificate, deployment.overrides).items():
+            is_key = role in KEY_ROLES
+            specs.append(
+                FileSpec(
+                    path=path,
+                    content=contents[role],
+                    mode=settings.key_mode if is_key else settings.mode,
+                    owner=settings.owner,
+                    group=settings.group,
+                    default_mode=self.default_key_mode if is_key else self.default_mode,
+                    certificate=deployment.certificate,
+                    role=role,
+                )
+            )
+        return specs
+
+    def removal_paths(self, target: TargetSpec, removal: Removal) -> list[str]:
+        """The files a removal deletes: every path the binding would have written."""
+        return list(self.paths(target, removal.certificate, removal.overrides).values())
+
+    def preflight(self, deployment: Deployment) -> None:
+        """Refuse an unusable bundle before anything is written (PreflightFailed)."""
+        from certgit.connectors.sdk.preflight import preflight
+
+        preflight(deployment, accepts_ed25519=self.accepts_ed25519)
+
+    def plan_files(self, change: ChangeSet) -> tuple[list[FileSpec], list[str]]:
+        """Preflight every deployment and collect (files to write, paths to delete).
+
+        Raises PreflightFailed before anything is written when a bundle is
+        unusable or two bindings would write the same path.
+        """
+        target = change.target
+        for deployment in change.deployments:
+            self.preflight(deployment)
+        specs: list[FileSpec] = []
+        owners: dict[str, str] = {}
+        for deployment in change.deployments:
+            for spec in self.file_specs(target, deployment):
+                _claim(owners, spec.path, f"{deployment.certificate} {spec.role}", target.name)
+                specs.append(spec)
+        deletes: list[str] = []
+        for removal in change.removals:
+            for path in self.removal_paths(target, removal):
+                if path in owners:
+                    continue  # a deployment rewrites the file this removal would delete
+                _claim(owners, path, f"{removal.certificate} (removed)", target.name)
+                deletes.append(path)
+        return specs, deletes
+
+    def deploy(self, sandbox: Sandbox, change: ChangeSet) -> DeployReport:
+        """Preflight all → one atomic apply of every file (one validate, one reload) → verify."""
+        target = change.target
+        specs, deletes = self.plan_files(change)
+        settings = self.settings(target)
+        verify = self._verifier(sandbox, change)
+        result = sandbox.apply_files(
+            specs,
+            validate=settings.validate,
+            reload=settings.reload,
+            work_dir=target.work_dir,
+            verify=verify,
+            remove=deletes,
+        )
+        return DeployReport(
+            target=target.name,
+            changed=result.changed,
+            validated=result.validated,
+            reloaded=result.reloaded,
+            verified=result.verified,
+            files=dict(result.files),
+            fingerprints={d.certificate: d.fingerprint for d in change.deployments},
+        )
+
+    def observe(
+        self, sandbox: Sandbox, target: TargetSpec, certificate: str, overrides: Mapping[str, Any]
+    ) -> Observation:
+        """Read the binding's files back: SHA-256 of each, leaf fingerprint of the cert file."""
+        try:
+            paths = self.paths(target, certificate, overrides)
+            files = {path: sandbox.file_sha256(path) for path in paths.values()}
+            fingerprint = None
+            for role in ("certificate", "fullchain", "combined"):
+                if role in paths and files[paths[role]] is not None:
+                    fingerprint = _leaf_fingerprint(sandbox.read_bytes(paths[role]))
+                    break
+        except (CertgitError, OSError, ValueError) as exc:
+            return Observation(
+                certificate=certificate, target=target.name, fingerprint=None, error=str(exc)
+            )
+        return Observation(
+            certificate=certificate, target=target.name, fingerprint=fingerprint, files=files
+        )
+
+    def validate_only(self, sandbox: Sandbox, change: ChangeSet) -> list[str]:
+        """Dry run: preflight and grant checks; lines saying what would change. Writes nothing."""
+        target = change.target
+        specs, deletes = self.plan_files(change)
+        settings = self.settings(target)
+        lines: list[str] = []
+        changed = False
+        # the sandbox's own checks: paths and binaries resolved on the target, as apply does
+        for spec in specs:
+            sandbox.check_write(spec.path)
+            current = sandbox.file_sha256(spec.path)
+            new = hashlib.sha256(spec.content).hexdigest()
+            if current is None:
+                lines.append(f"create  {spec.path} ({spec.certificate} {spec.role})")
+            elif current != new:
+                lines.append(f"replace {spec.path} ({spec.certificate} {spec.role})")
+            else:
+                lines.append(f"keep    {spec.path} (unchanged)")
+                continue
+            changed = True
+        for path in deletes:
+            sandbox.check_write(path)
+            if sandbox.file_sha256(path) is not None:
+                lines.append(f"delete  {path}")
+                changed = True
+        for label, argv in (("validate", settings.validate), ("reload", settings.reload)):
+            if not argv:
+                continue
+            sandbox.check_exec(argv)
+            if changed:
+                lines.append(f"run     {label}: {' '.join(argv)}")
+        if target.verify is not None:
+            sandbox.check_dial(target.verify.host, target.verify.port)
+        if changed and target.verify is not None:
+            lines.append(f"verify  {_endpoint(target.verify)}")
+        if not changed:
+            lines.append(f"target {target.name}: nothing to change")
+        return lines
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _verifier(self, sandbox: Sandbox, change: ChangeSet) -> Callable[[], None] | None:
+        config = change.target.verify
+        if config is None or not change.deployments:
+            return None
+        expected = expected_fingerprint(config, change.deployments)
+        if expected is None:
+            return None
+        from certgit.connectors.sdk.verify import verify_with_retry
+
+        def fingerprint() -> str:
+            return sandbox.tls_leaf_fingerprint(
+                config.host, config.port, config.server_name, timeout=config.timeout
+            )
+
+        def verify() -> None:
+            verify_with_retry(fingerprint, expected, config)
+
+        return verify
+
+
+def expected_fingerprint(config: VerifyConfig, deployments: Sequence[Deployment]) -> str | None:
+    """The fingerprint the verify endpoint must serve after this change, if one is decidable.
+
+    The deployment whose dns_names match the SNI name, else the only deployment.
+    With several deployments and no match there is nothing to compare: None.
+    """
+    if config.server_name:
+        for deployment in deployments:
+            if any(_name_matches(n, config.server_name) for n in deployment.dns_names):
+                return deployment.fingerprint
+    if len(deployments) == 1:
+        return deployments[0].fingerprint
+    return None
+
+
+def _claim(owners: dict[str, str], path: str, label: str, target: str) -> None:
+    previous = owners.get(path)
+    if previous is not None:
+        raise PreflightFailed(
+            f"target {target}: {previous} and {label} would both write {path}; "
+            "give one of them a different file name (settings.files or deployTo[].files)",
+            target=target,
+        )
+    owners[path] = label
+
+
+def _join_pem(*parts: bytes) -> bytes:
+    out = b""
+    for part in parts:
+        if not part:
+            continue
+        out += part if part.endswith(b"\n") else part + b"\n"
+    return out
+
+
+def _endpoint(config: VerifyConfig) -> str:
+    host = config.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{config.port}"
+
+
+def _resolve_binary(argv0: str) -> str:
+    """An absolute path for the exec grant: argv[0] as written, or found on PATH."""
+    if posixpath.isabs(argv0):
+        return argv0
+    found = shutil.which(argv0)
+    return found or argv0

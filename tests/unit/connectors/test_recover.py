@@ -1,0 +1,155 @@
+"""Crash recovery: a crash at every phase of the apply leaves files entirely old after recover()."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from certgit.connectors.errors import RollbackFailed
+from certgit.connectors.sdk import atomic
+from certgit.connectors.sdk.atomic import JOURNAL, recover
+from certgit.connectors.sdk.transport import LocalTransport
+from tests.unit.connectors.test_atomic import Env, apply, assert_version, make_env
+
+
+class Crash(BaseException):
+    """Stands in for SIGKILL: nothing in the apply catches a BaseException."""
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return make_env(tmp_path)
+
+
+def crash_at(monkeypatch: pytest.MonkeyPatch, phase: str) -> None:
+    def hook(current: str) -> None:
+        if current == phase:
+            raise Crash(phase)
+
+    monkeypatch.setattr(atomic, "_crash_hook", hook)
+
+
+def assert_no_mixed_reload(env: Env) -> None:
+    for line in env.lines("reload"):
+        tags = {word for word in line.split()[1:] if word.startswith("v")}
+        assert len(tags) <= 1, f"a reload ran on a mixed set: {line}"
+
+
+@pytest.mark.parametrize(
+    ("phase", "reloads_again"),
+    [
+        ("preparing", False),
+        ("prepared", False),
+        ("swapping", False),  # after the first of three renames: a mixed set on disk
+        ("swapped", False),
+        ("reloading", True),
+        ("reloaded", True),
+    ],
+)
+def test_crash_at_each_phase_recovers_to_old_then_converges(
+    env: Env, monkeypatch: pytest.MonkeyPatch, phase: str, reloads_again: bool
+) -> None:
+    apply(env, env.specs("v1"))
+    crash_at(monkeypatch, phase)
+    with pytest.raises(Crash):
+        apply(env, env.specs("v2"))
+    assert (env.work / JOURNAL).exists()
+    journaled = "prepared" if phase == "swapping" else phase  # mid-rename: still "prepared"
+    assert json.loads((env.work / JOURNAL).read_text())["phase"] == journaled
+    if phase == "swapping":
+        assert (env.etc / "a.crt").read_text() == "cert v2\n"
+        assert (env.etc / "a.key").read_text() == "key v1\n"  # really mixed before recover
+    reloads_before = len(env.lines("reload"))
+    monkeypatch.setattr(atomic, "_crash_hook", None)
+
+    lines = recover(LocalTransport(), env.work)
+
+    assert_version(env, "v1")  # entirely old, no temps left
+    assert not (env.work / JOURNAL).exists()
+    reloads = env.lines("reload")
+    if reloads_again:
+        assert len(reloads) == reloads_before + 1
+        assert reloads[-1] == "reload cert v1 chain v1 key v1 "
+        assert any(line.startswith("reloaded") for line in lines)
+    else:
+        assert len(reloads) == reloads_before
+    assert recover(LocalTransport(), env.work) == []  # nothing left to do
+
+    result = apply(env, env.specs("v2"))
+    assert result.changed and result.reloaded
+    assert_version(env, "v2")
+    assert_no_mixed_reload(env)
+
+
+def test_crash_on_first_deploy_removes_partial_new_files(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crash_at(monkeypatch, "swapping")
+    with pytest.raises(Crash):
+        apply(env, env.specs("v1"))
+    assert (env.etc / "a.crt").exists() or (env.etc / "a.chain").exists()
+    monkeypatch.setattr(atomic, "_crash_hook", None)
+    recover(LocalTransport(), env.work)
+    assert env.contents() == {}
+
+
+def test_unlisted_temp_files_are_removed(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    apply(env, env.specs("v1"))
+    crash_at(monkeypatch, "preparing")
+    with pytest.raises(Crash):
+        apply(env, env.specs("v2"))
+    # A temp written after the "preparing" journal and before the crash: not listed yet.
+    stray = env.etc / ".a.key.certgit-0123456789ab.tmp"
+    stray.write_text("key v2\n")
+    unrelated = env.etc / "operator-notes.txt"
+    unrelated.write_text("keep me\n")
+    monkeypatch.setattr(atomic, "_crash_hook", None)
+    recover(LocalTransport(), env.work)
+    assert not stray.exists()
+    assert unrelated.read_text() == "keep me\n"
+
+
+def test_apply_recovers_a_leftover_journal_first(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    apply(env, env.specs("v1"))
+    crash_at(monkeypatch, "reloaded")
+    with pytest.raises(Crash):
+        apply(env, env.specs("v2"))
+    monkeypatch.setattr(atomic, "_crash_hook", None)
+    apply(env, env.specs("v3"))
+    assert_version(env, "v3")
+    assert not (env.work / JOURNAL).exists()
+    assert [line.split()[2] for line in env.lines("reload")] == ["v1", "v2", "v1", "v3"]
+
+
+def test_recover_without_backup_is_rollback_failed(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    apply(env, env.specs("v1"))
+    crash_at(monkeypatch, "swapped")
+    with pytest.raises(Crash):
+        apply(env, env.specs("v2"))
+    monkeypatch.setattr(atomic, "_crash_hook", None)
+    for backup in (env.work / "backups").rglob("*.bak"):
+        backup.write_text("tampered\n")
+    with pytest.raises(RollbackFailed) as caught:
+        recover(LocalTransport(), env.work)
+    assert "does not match its checksum" in str(caught.value)
+    assert "restore them by hand" in str(caught.value)
+    assert not (env.work / JOURNAL).exists()
+    assert list(env.work.glob("journal.failed-*.json"))
+
+
+def test_unreadable_journal_is_moved_aside(env: Env) -> None:
+    (env.work / JOURNAL).write_text("{not json")
+    with pytest.raises(RollbackFailed) as caught:
+        recover(LocalTransport(), env.work)
+    assert "unreadable" in str(caught.value)
+    assert not (env.work / JOURNAL).exists()
+    assert list(env.work.glob("journal.unreadable-*.json"))
+
+
+def test_recover_without_journal_does_nothing(env: Env) -> None:
+    assert recover(LocalTransport(), env.work) == []
+    assert env.lines("reload") == []
