@@ -255,10 +255,13 @@ def test_missing_required_field_points_at_the_parent_key() -> None:
 
 def test_unknown_target_type_is_positioned_at_spec_type() -> None:
     files = valid_repo()
-    files["targets.yaml"] = TARGET.replace("type: files", "type: nginx")
+    files["targets.yaml"] = TARGET.replace("type: files", "type: iis")
     [(path, line, column, message)] = problems_of(files)
     assert (path, line, column) == ("targets.yaml", 5, 9)
-    assert message == 'Target "web-1": spec.type: expected "files", got "nginx"'
+    assert message == (
+        'Target "web-1": spec.type: expected one of "files", "nginx", "apache", "haproxy", '
+        '"caddy", "traefik", "envoy", "postfix", "dovecot", got "iis"'
+    )
 
 
 def test_four_problems_in_four_files_are_reported_at_once() -> None:

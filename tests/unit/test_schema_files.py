@@ -44,3 +44,13 @@ def test_kind_schema_pins_kind_and_rejects_unknown_top_level_fields(kind: str) -
     assert schema["properties"]["kind"] == {"const": kind}
     assert schema["additionalProperties"] is False
     assert schema["properties"]["spec"]["additionalProperties"] is False
+
+
+def test_target_type_enum_matches_the_connector_registry() -> None:
+    """Every registered connector can be named in Git, and nothing else can."""
+    from certgit.connectors.sdk.registry import available
+    from certgit.schemas.validator import load_schema
+
+    schema = load_schema("target.schema.json")
+    enum = schema["properties"]["spec"]["properties"]["type"]["enum"]
+    assert sorted(enum) == sorted(available())

@@ -179,10 +179,13 @@ def test_wrong_type_says_what_was_expected() -> None:
 
 def test_unknown_target_type_is_an_enum_error_at_spec_type() -> None:
     doc = copy.deepcopy(VALID[3])
-    doc["spec"]["type"] = "nginx"
+    doc["spec"]["type"] = "iis"
     violations = validate_document(doc)
     assert violations[0].path == ("spec", "type")
-    assert violations[0].message == 'Target "web-1": spec.type: expected "files", got "nginx"'
+    assert violations[0].message == (
+        'Target "web-1": spec.type: expected one of "files", "nginx", "apache", "haproxy", '
+        '"caddy", "traefik", "envoy", "postfix", "dovecot", got "iis"'
+    )
 
 
 def test_files_settings_are_checked_for_files_targets() -> None:

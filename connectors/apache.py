@@ -1,0 +1,55 @@
+"""The `apache` connector: leaf, chain and key files; `apachectl configtest`; graceful reload.
+
+Debian defaults: /etc/ssl/certs/{name}.crt and /etc/ssl/certs/{name}.chain.pem
+(0644) for SSLCertificateFile / SSLCertificateChainFile, and
+/etc/ssl/private/{name}.key (0600) for SSLCertificateKeyFile. The directory is
+/etc/ssl with the file names relative to it, so one grant covers both
+subdirectories. A graceful restart that meets a bad certificate stops the
+parent process, and `apachectl configtest` does NOT load certificates (it
+passes a 1024-bit RSA key that the graceful restart then refuses with "ee key
+too small", taking Apache down). So this connector's preflight also refuses
+keys below OpenSSL 3's default security level (RSA < 2048 bits), before
+anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+from certgit.connectors.errors import PreflightFailed
+from certgit.connectors.model import Deployment
+from certgit.connectors.sdk.base import FileConnector
+
+MIN_RSA_BITS = 2048  # OpenSSL 3 security level 2, Debian's default
+
+
+class ApacheConnector(FileConnector):
+    """Apache httpd 2.4 with mod_ssl."""
+
+    name: ClassVar[str] = "apache"
+    roles: ClassVar[Mapping[str, str | None]] = {
+        "certificate": "certs/{name}.crt",
+        "chain": "certs/{name}.chain.pem",
+        "fullchain": None,
+        "key": "private/{name}.key",
+        "combined": None,
+    }
+    default_directory: ClassVar[str | None] = "/etc/ssl"
+    validate_command: ClassVar[tuple[str, ...] | None] = ("apachectl", "configtest")
+    reload_command: ClassVar[tuple[str, ...] | None] = ("apachectl", "graceful")
+
+    def preflight(self, deployment: Deployment) -> None:
+        """The SDK preflight, plus a key-size floor that configtest cannot check."""
+        super().preflight(deployment)
+        from cryptography import x509
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = x509.load_pem_x509_certificate(deployment.cert_pem).public_key()
+        if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+            raise PreflightFailed(
+                f"certificate {deployment.certificate}: RSA key of {key.key_size} bits is below "
+                f"{MIN_RSA_BITS}; mod_ssl would refuse it on the graceful restart and stop "
+                "Apache (configtest does not load certificates). Reissue with RSA >= 2048 "
+                "or ECDSA"
+            )

@@ -1,0 +1,34 @@
+"""The `haproxy` connector: one combined PEM per certificate (leaf, chain, key).
+
+Debian defaults: /etc/haproxy/certs/{name}.pem, mode 0600 (it holds the key),
+for `bind ... ssl crt /etc/haproxy/certs/`; `haproxy -c -f
+/etc/haproxy/haproxy.cfg` checks the config with the new files in place, then
+`systemctl reload haproxy` (master-worker re-exec; in-flight connections finish
+on the old worker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+from certgit.connectors.sdk.base import FileConnector
+
+
+class HAProxyConnector(FileConnector):
+    """HAProxy: `crt` files that carry the certificate, its chain and the private key."""
+
+    name: ClassVar[str] = "haproxy"
+    roles: ClassVar[Mapping[str, str | None]] = {
+        "certificate": None,
+        "chain": None,
+        "fullchain": None,
+        "key": None,
+        "combined": "{name}.pem",
+    }
+    default_directory: ClassVar[str | None] = "/etc/haproxy/certs"
+    default_mode: ClassVar[int] = 0o600
+    validate_command: ClassVar[tuple[str, ...] | None] = (
+        "haproxy", "-c", "-f", "/etc/haproxy/haproxy.cfg",
+    )
+    reload_command: ClassVar[tuple[str, ...] | None] = ("systemctl", "reload", "haproxy")

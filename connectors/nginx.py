@@ -1,0 +1,32 @@
+"""The `nginx` connector: fullchain + key files, `nginx -t` with them in place, one reload.
+
+Debian defaults: /etc/nginx/ssl/{name}.crt (leaf + chain, 0644) and
+/etc/nginx/ssl/{name}.key (0600). nginx reads `ssl_certificate` as a full chain,
+so no separate leaf/chain files. Every default is overridable per target
+(settings.directory, files, mode, keyMode, owner, group, validateCommand,
+reloadCommand). For large configs a reloadCommand of `[kill, -HUP, <pid>]`
+after the single `nginx -t` halves the time to serve (see FACTS.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+from certgit.connectors.sdk.base import FileConnector
+
+
+class NginxConnector(FileConnector):
+    """nginx: `ssl_certificate` = {name}.crt (full chain), `ssl_certificate_key` = {name}.key."""
+
+    name: ClassVar[str] = "nginx"
+    roles: ClassVar[Mapping[str, str | None]] = {
+        "certificate": None,
+        "chain": None,
+        "fullchain": "{name}.crt",
+        "key": "{name}.key",
+        "combined": None,
+    }
+    default_directory: ClassVar[str | None] = "/etc/nginx/ssl"
+    validate_command: ClassVar[tuple[str, ...] | None] = ("nginx", "-t")
+    reload_command: ClassVar[tuple[str, ...] | None] = ("nginx", "-s", "reload")
