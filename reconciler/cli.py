@@ -1,7 +1,9 @@
 """`certgit` command line.
 
-Exit codes: 0 success (for `plan`: nothing to do), 1 error (bad input, source
-unreachable, audit chain broken), 2 `plan` found changes pending.
+Exit codes: 0 success (for `plan`: nothing to do; for `apply`: every binding in
+sync), 1 error (bad input, source unreachable, audit chain broken, an action
+failed), 2 `plan` found changes pending / `apply` left actions waiting for an
+approval or a retry.
 Heavy modules (pygit2, the store) are imported only by the commands that use them.
 """
 
@@ -63,6 +65,50 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", parents=[common], help="show what apply would change")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--as", dest="actor", help="identity recorded in the audit log")
+
+    p = sub.add_parser(
+        "apply",
+        parents=[common],
+        help="execute the plan: issue, deploy, record (gated actions wait for approval)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run the preflight and sandbox checks and show what would change; write nothing",
+    )
+    p.add_argument("--as", dest="actor", help="identity recorded in the audit log")
+
+    for name, verb in (("approve", "approve"), ("reject", "reject")):
+        p = sub.add_parser(
+            name, parents=[common], help=f"{verb} a plan (by hash) or one action (by id)"
+        )
+        p.add_argument("ref", metavar="ACTION|PLAN", help="action id or plan hash from the plan")
+        p.add_argument("--reason", required=True, help="why; written to the audit log")
+        p.add_argument("--as", dest="actor", help="identity recorded in the audit log")
+
+    p = sub.add_parser(
+        "rollback",
+        parents=[common],
+        help="deploy a previously recorded version to a target and hold it there",
+    )
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--certificate", help="only this certificate (default: every one on TARGET)")
+    p.add_argument("--to", dest="to_version", type=int, metavar="VERSION",
+                   help="version to deploy (default: the one before the deployed version)")
+    p.add_argument("--reason", default="", help="why; written to the audit log")
+    p.add_argument("--as", dest="actor", help="identity recorded in the audit log")
+
+    p = sub.add_parser("release", parents=[common], help="lift a hold: Git wins again")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--certificate", help="only this certificate's hold")
+    p.add_argument("--reason", default="", help="why; written to the audit log")
+    p.add_argument("--as", dest="actor", help="identity recorded in the audit log")
+
+    p = sub.add_parser(
+        "history", parents=[common], help="versions, deployments and events of a target or cert"
+    )
+    p.add_argument("name", nargs="?", metavar="TARGET|CERTIFICATE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("status", parents=[common], help="every binding and its drift")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -253,9 +299,204 @@ def cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         engine.close()
 
 
+def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from certgit.reconciler.engine import apply, operator_identity
+
+    engine = _engine(args)
+    try:
+        try:
+            outcome = apply(engine, operator_identity(args.actor), dry_run=args.dry_run)
+        except ConfigErrors as exc:
+            _print_problems(exc, out, err, engine.last_good_commit())
+            return EXIT_ERROR
+    finally:
+        engine.close()
+    if args.dry_run:
+        head = f"certgit apply --dry-run (plan {outcome.plan.hash[:12]}): nothing is written"
+        print(head, file=out)
+        for line in outcome.dry_run or ("No changes. Every binding is in sync.",):
+            print(f"  {line}", file=out)
+        return outcome.exit_code
+    print(render_apply(outcome), file=out)
+    return outcome.exit_code
+
+
+def render_apply(outcome: Any) -> str:
+    """Apply's report: issued versions, one line per target, then what waits."""
+    run = outcome.run
+    lines: list[str] = []
+    if outcome.plan.empty and not run.claimed:
+        lines.append("No changes. Every binding is in sync.")
+    for issued in run.issued:
+        v = issued.version
+        reused = " (key reused)" if issued.key_reused else ""
+        lines.append(f"  + issued   {issued.certificate} v{v.version} {v.fingerprint[:16]}{reused}")
+    for cert, error in sorted(run.issue_errors.items()):
+        lines.append(f"  ! issue    {cert} FAILED: {error}")
+    for t in run.targets:
+        certs = ", ".join(f"{c} v{v}" for c, v in sorted(t.certificates.items()))
+        if t.removed:
+            certs = ", ".join(filter(None, [certs, "removed " + ", ".join(t.removed)]))
+        if t.error:
+            lines.append(f"  ! {t.status:<9}{t.target}: {certs}: {t.error}")
+            continue
+        steps = [s for s, done in (("validated", t.validated), ("reloaded", t.reloaded),
+                                   ("verified", t.verified)) if done]
+        how = f" ({', '.join(steps)})" if steps else ""
+        lines.append(f"  ~ {t.status:<9}{t.target}: {certs}{how}")
+    for row in outcome.retrying:
+        lines.append(
+            f"  ? retrying {row['payload'].get('certificate')} -> {row['target']} at "
+            f"{row['next_attempt_at']:%H:%M:%S} (attempt {row['attempts']}): {row['last_error']}"
+        )
+    for a in outcome.rejected:
+        lines.append(f"  x rejected {a.kind} {a.certificate} -> {a.target}  id {a.id}")
+    for a in outcome.waiting:
+        lines.append(
+            f"  waiting for approval: {a.kind} {a.certificate} -> {a.target} "
+            f"({', '.join(a.gated_by)}): certgit approve {a.id} --reason TEXT"
+        )
+    if outcome.waiting:
+        lines.append(
+            f"  or approve the whole plan: certgit approve {outcome.final.hash} --reason TEXT"
+        )
+    verdict = {0: "Apply complete: every binding is in sync.",
+               1: "Apply finished with failures (exit 1).",
+               2: "Apply finished; actions are waiting (exit 2)."}[outcome.exit_code]
+    lines.append(verdict)
+    return "\n".join(lines)
+
+
+def cmd_decide(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from certgit.reconciler.engine import decide, operator_identity
+
+    engine = _engine(args)
+    try:
+        plan_hash, action = decide(
+            engine, args.ref, args.command, operator_identity(args.actor), args.reason
+        )
+    finally:
+        engine.close()
+    what = f"action {action} of plan {plan_hash[:12]}" if action else f"plan {plan_hash}"
+    verb = "approved" if args.command == "approve" else "rejected"
+    print(f"{verb} {what}", file=out)
+    if args.command == "approve":
+        print("`certgit apply` runs it while the plan stays the same; a changed plan needs a "
+              "new approval", file=out)
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from certgit.reconciler.engine import operator_identity, rollback
+
+    engine = _engine(args)
+    try:
+        outcome = rollback(
+            engine,
+            args.target,
+            certificate=args.certificate,
+            to_version=args.to_version,
+            actor=operator_identity(args.actor),
+            reason=args.reason or "rollback",
+        )
+    finally:
+        engine.close()
+    for cert, version in sorted(outcome.versions.items()):
+        print(f"rolling back {cert} on {args.target} to v{version} (held)", file=out)
+    failed = [t for t in outcome.run.targets if t.error]
+    for t in failed:
+        print(f"  ! {t.target}: {t.error}", file=err)
+    if failed or not outcome.run.targets:
+        print(f"rollback did not complete; the hold stays: `certgit release {args.target}` "
+              "lifts it", file=err)
+        return EXIT_ERROR
+    print(f"done; reconciliation leaves these bindings alone until "
+          f"`certgit release {args.target}`", file=out)
+    return EXIT_OK
+
+
+def cmd_release(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from certgit.reconciler.engine import operator_identity, release
+
+    engine = _engine(args)
+    try:
+        count = release(
+            engine, args.target, certificate=args.certificate,
+            actor=operator_identity(args.actor), reason=args.reason or "release",
+        )
+    finally:
+        engine.close()
+    noun = "hold" if count == 1 else "holds"
+    print(f"released {count} {noun} on {args.target}; the next apply converges to Git", file=out)
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    engine = _engine(args)
+    try:
+        store = engine.store
+        recorded = store.recorded_state()
+        name = args.name
+        certs = sorted(
+            {c for c in recorded.versions}
+            | {c for (c, _t) in recorded.deployments}
+        )
+        if name is not None:
+            on_target = sorted({c for (c, t) in recorded.deployments if t == name})
+            certs = [name] if name in certs else on_target
+        versions = [
+            {
+                "certificate": v.certificate,
+                "version": v.version,
+                "fingerprint": v.fingerprint,
+                "not_after": v.not_after.isoformat(),
+                "issued_at": v.issued_at.isoformat(),
+                "deployed_on": sorted(
+                    t for (c, t), d in recorded.deployments.items()
+                    if c == v.certificate and d.version == v.version
+                    and (name in (None, v.certificate) or t == name)
+                ),
+            }
+            for c in certs
+            for v in store.versions(c, include_retired=True)
+        ]
+        events = [
+            r for r in store.audit_rows()
+            if name is None or r["subject"] == name or name in r["subject"].split(" -> ")
+            or r["subject"].startswith(f"{name} ")
+        ]
+    finally:
+        engine.close()
+    if args.json:
+        json.dump({"versions": versions, "events": events}, out, indent=2, sort_keys=True,
+                  default=str)
+        out.write("\n")
+        return EXIT_OK
+    _print_table(
+        ["CERTIFICATE", "VERSION", "FINGERPRINT", "NOT AFTER", "DEPLOYED ON"],
+        [[v["certificate"], f"v{v['version']}", v["fingerprint"][:16], v["not_after"][:10],
+          ", ".join(v["deployed_on"]) or "-"] for v in versions],
+        out,
+    )
+    if events:
+        print("", file=out)
+        for r in events[-50:]:
+            why = r["details"].get("reason") if isinstance(r["details"], dict) else None
+            tail = f"  ({why})" if why else ""
+            print(f"{r['at']:%Y-%m-%d %H:%M:%S}  {r['actor']:<12}  {r['action']:<20}  "
+                  f"{r['subject']}{tail}", file=out)
+    return EXIT_OK
+
+
 COMMANDS = {
     "validate": cmd_validate,
     "plan": cmd_plan,
+    "apply": cmd_apply,
+    "approve": cmd_decide,
+    "reject": cmd_decide,
+    "rollback": cmd_rollback,
+    "release": cmd_release,
+    "history": cmd_history,
     "status": cmd_status,
     "audit": cmd_audit,
 }

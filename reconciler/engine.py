@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import getpass
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -17,14 +17,17 @@ from typing import TYPE_CHECKING, Any
 from certgit.reconciler.config import Settings, SettingsError
 from certgit.reconciler.desired import DesiredLoader
 from certgit.reconciler.doccache import DocumentCache
+from certgit.reconciler.errors import CertgitError
 from certgit.reconciler.model import DesiredState, LiveObservation, RecordedState
-from certgit.reconciler.planner import Plan, diff
+from certgit.reconciler.planner import Action, Plan, diff
 
 if TYPE_CHECKING:
+    from certgit.reconciler.executor import ExecutorConfig, RunReport
     from certgit.reconciler.source import GitSource
     from certgit.reconciler.store import Store
 
 LAST_GOOD_COMMIT = "last_good_commit"
+LAST_APPLIED_COMMIT = "last_applied_commit"  # same key as the store's
 
 
 def utcnow() -> datetime:
@@ -149,12 +152,21 @@ class Engine:
             self._last_plan = (self._last_tree, recorded, plan)
         return plan
 
-    def record_plan(self, plan: Plan, actor: str) -> bool:
-        """Persist the plan (idempotent on its hash); audit it the first time. True if new."""
-        if plan.empty or self.store.get_plan(plan.hash) is not None:
+    def record_plan(self, plan: Plan, actor: str, *, enqueue: bool = False) -> bool:
+        """Persist the plan (idempotent on its hash); audit it the first time. True if new.
+
+        With `enqueue` its non-gated actions become outbox messages in the same
+        transaction (re-enqueueing an already saved plan adds nothing twice).
+        """
+        if plan.empty:
             return False
         now = self.clock()
-        self.store.save_plan(plan.hash, plan.commit, [a.to_dict() for a in plan.actions], now)
+        actions = [a.to_dict() for a in plan.actions]
+        if self.store.get_plan(plan.hash) is not None:
+            if enqueue:
+                self.store.save_plan(plan.hash, plan.commit, actions, now, enqueue=True)
+            return False
+        self.store.save_plan(plan.hash, plan.commit, actions, now, enqueue=enqueue)
         details: dict[str, Any] = {"commit": plan.commit, "actions": len(plan.actions)}
         self.store.audit(actor, "plan.recorded", plan.hash, details, now)
         return True
@@ -164,3 +176,293 @@ class Engine:
             self.doc_cache.close()
         if "store" in self.__dict__:
             self.store.close()
+
+
+# --------------------------------------------------------------------------- operations
+# apply / approve / reject / rollback / release: the same behaviour from the CLI,
+# the daemon and the TUI.
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    """What `certgit apply` did and what is left."""
+
+    plan: Plan  # the plan that was executed
+    final: Plan  # the plan after execution: what is still pending
+    run: RunReport
+    waiting: tuple[Action, ...] = ()  # gated actions of `final` without an approval
+    rejected: tuple[Action, ...] = ()
+    retrying: tuple[dict[str, Any], ...] = ()  # RETRY_WAIT outbox rows
+    dry_run: tuple[str, ...] = ()  # lines of a dry run
+
+    @property
+    def exit_code(self) -> int:
+        """0 converged, 1 something failed, 2 waiting for approval or a retry."""
+        if self.run.failed:
+            return 1
+        if self.waiting or self.retrying or not self.final.empty:
+            return 2
+        return 0
+
+
+def decision_for(approvals: Sequence[Mapping[str, Any]], action_id: str) -> str | None:
+    """The decision on one action: its own newest decision, else the plan's newest, else None."""
+    own = [a["decision"] for a in approvals if a["action_id"] == action_id]
+    if own:
+        return str(own[-1])
+    whole = [a["decision"] for a in approvals if a["action_id"] is None]
+    return str(whole[-1]) if whole else None
+
+
+def _gated_split(
+    store: Store, plan: Plan
+) -> tuple[list[Action], list[Action], list[Action]]:
+    """The plan's gated actions as (approved, waiting, rejected)."""
+    approvals = store.approvals(plan.hash) if plan.gated else []
+    approved: list[Action] = []
+    waiting: list[Action] = []
+    rejected: list[Action] = []
+    for action in plan.gated:
+        decision = decision_for(approvals, action.id)
+        {"approve": approved, "reject": rejected}.get(decision or "", waiting).append(action)
+    return approved, waiting, rejected
+
+
+def apply(
+    engine: Engine,
+    actor: str,
+    *,
+    dry_run: bool = False,
+    config: ExecutorConfig | None = None,
+) -> ApplyOutcome:
+    """Poll, plan, persist plan + outbox in one transaction, run the worker, re-plan.
+
+    Gated actions run only with an approval bound to this plan's hash.
+    """
+    from certgit.reconciler.executor import Executor, ExecutorConfig, RunReport
+    from certgit.reconciler.store import outbox
+
+    desired = engine.desired()
+    plan = engine.plan(desired)
+    if dry_run:
+        lines = dry_run_lines(engine, desired, plan)
+        _, waiting, rejected = _gated_split(engine.store, plan)
+        return ApplyOutcome(
+            plan, plan, RunReport(), tuple(waiting), tuple(rejected), (), tuple(lines)
+        )
+    engine.record_plan(plan, actor, enqueue=True)
+    if not plan.empty:
+        approved, _, _ = _gated_split(engine.store, plan)
+        if approved:
+            engine.store.enqueue_actions(plan.hash, [a.id for a in approved], engine.clock())
+    outbox.supersede(engine.store, plan.hash, engine.clock())
+    executor = Executor(
+        engine.store,
+        engine.settings.state_dir,
+        desired,
+        actor=actor,
+        clock=engine.clock,
+        config=config or ExecutorConfig(),
+        env=engine.env,
+    )
+    run = executor.run()
+    final = engine.plan(desired)
+    engine.record_plan(final, actor)
+    _, waiting, rejected = _gated_split(engine.store, final)
+    retrying = tuple(outbox.pending_retries(engine.store))
+    if final.empty and not run.failed and desired.commit:
+        engine.store.set_source_state(LAST_APPLIED_COMMIT, desired.commit)
+    return ApplyOutcome(plan, final, run, tuple(waiting), tuple(rejected), retrying)
+
+
+def dry_run_lines(engine: Engine, desired: DesiredState, plan: Plan) -> list[str]:
+    """What apply would do: preflight and grant checks per target; nothing is written."""
+    from certgit.connectors.model import ChangeSet
+    from certgit.reconciler.executor import build_bundle, default_loader, default_sandbox
+    from certgit.reconciler.targets import target_spec
+
+    lines: list[str] = []
+    by_target: dict[str, list[Action]] = {}
+    for action in plan.actions:
+        if action.target is None:
+            lines.append(f"would {action.kind} {action.certificate}: {action.reason}")
+        elif action.gated:
+            lines.append(
+                f"would wait for approval: {action.kind} {action.certificate} -> "
+                f"{action.target} (certgit approve {action.id})"
+            )
+        else:
+            by_target.setdefault(action.target, []).append(action)
+    for name, actions in sorted(by_target.items()):
+        target = desired.targets[name]
+        bundles = []
+        for action in actions:
+            if action.kind == "remove":
+                lines.append(f"{name}: would remove {action.certificate}")
+            elif action.version is None:
+                lines.append(
+                    f"{name}: would deploy {action.certificate} as issued by this plan"
+                )
+            else:
+                bundles.append(build_bundle(engine.store, desired, action.to_dict(), name))
+        if not bundles:
+            continue
+        try:
+            spec = target_spec(target, engine.settings.state_dir)
+            connector = default_loader(target.type)
+            sandbox = default_sandbox(connector, spec)
+            check = getattr(connector, "validate_only", None)
+            change = ChangeSet(spec, tuple(bundles))
+            if check is None:
+                lines.append(f"{name}: connector {target.type} has no dry run; would deploy")
+                continue
+            lines += [f"{name}: {line}" for line in check(sandbox, change)]
+        except CertgitError as exc:
+            lines.append(f"{name}: WOULD FAIL: {exc}")
+    return lines
+
+
+def decide(
+    engine: Engine, ref: str, decision: str, actor: str, reason: str
+) -> tuple[str, str | None]:
+    """Approve or reject a plan (by hash or unique prefix) or one action of the latest plan.
+
+    Returns (plan hash, action id or None). The decision binds to that plan
+    hash: a changed plan needs a new approval.
+    """
+    if not reason.strip():
+        raise CertgitError(f"{decision} needs --reason TEXT: say why, it goes in the audit log")
+    store = engine.store
+    ref = ref.strip().lower()
+    plan_hash, action_id = _resolve_ref(store, ref)
+    now = engine.clock()
+    store.add_approval(plan_hash, action_id, decision=decision, actor=actor, reason=reason, at=now)
+    store.audit(
+        actor,
+        f"plan.{decision}d" if decision == "approve" else "plan.rejected",
+        plan_hash if action_id is None else f"{plan_hash}/{action_id}",
+        {"reason": reason, "action": action_id},
+        now,
+    )
+    return plan_hash, action_id
+
+
+def _resolve_ref(store: Store, ref: str) -> tuple[str, str | None]:
+    if len(ref) >= 6:
+        rows = store.connection.execute(
+            "SELECT hash FROM plans WHERE hash LIKE ? || '%' ORDER BY id DESC", (ref,)
+        ).fetchall()
+        if len(rows) == 1 and (len(ref) > 12 or ref == rows[0][0]):
+            return str(rows[0][0]), None
+    latest = store.latest_plan()
+    if latest is not None:
+        ids = [str(a["id"]) for a in latest["actions"] if str(a["id"]).startswith(ref)]
+        if len(ids) == 1:
+            return str(latest["hash"]), ids[0]
+    raise CertgitError(
+        f"{ref!r} is neither a saved plan hash nor an action id of the latest plan: "
+        "run `certgit plan` and use the plan hash or an action id it prints"
+    )
+
+
+@dataclass(frozen=True)
+class RollbackOutcome:
+    target: str
+    versions: Mapping[str, int]  # certificate -> version deployed back
+    run: RunReport
+
+
+def rollback(
+    engine: Engine,
+    target: str,
+    *,
+    certificate: str | None,
+    to_version: int | None,
+    actor: str,
+    reason: str,
+) -> RollbackOutcome:
+    """Deploy a previously recorded version through the executor and place a hold.
+
+    Without --to: the version before the one recorded as deployed.
+    """
+    from certgit.reconciler.executor import Executor
+    from certgit.reconciler.model import canonical_json, sha256_hex
+
+    store = engine.store
+    desired = engine.desired()
+    if target not in desired.targets:
+        raise CertgitError(f"target {target!r} is not in the desired state; check the name")
+    recorded = store.recorded_state()
+    bound = sorted(
+        cert
+        for (cert, tgt), dep in recorded.deployments.items()
+        if tgt == target and dep.version is not None and cert in (certificate or cert,)
+    )
+    if certificate is not None and certificate not in bound:
+        raise CertgitError(
+            f"certificate {certificate!r} has no recorded deployment on {target}: "
+            f"run `certgit history {target}`"
+        )
+    if not bound:
+        raise CertgitError(f"nothing is recorded as deployed on {target}: nothing to roll back")
+    if to_version is not None and certificate is None and len(bound) > 1:
+        raise CertgitError("--to needs --certificate when the target has several certificates")
+    now = engine.clock()
+    actions: list[dict[str, Any]] = []
+    chosen: dict[str, int] = {}
+    for cert in bound:
+        dep = recorded.deployments[(cert, target)]
+        want = to_version if to_version is not None else (dep.version or 1) - 1
+        versions = {v.version: v for v in store.versions(cert, include_retired=True)}
+        version = versions.get(want)
+        if version is None:
+            raise CertgitError(
+                f"certificate {cert} has no version {want} to roll back to on {target}: "
+                f"run `certgit history {cert}` and pass --to VERSION"
+            )
+        chosen[cert] = version.version
+        action = {
+            "kind": "rollback",
+            "certificate": cert,
+            "target": target,
+            "fingerprint": version.fingerprint,
+            "version": version.version,
+            "spec_hash": version.spec_hash,
+            "drift": "held",
+            "reason": reason,
+            "gated": False,
+            "gated_by": [],
+        }
+        action["id"] = sha256_hex(canonical_json([action, now.isoformat()]))[:12]
+        actions.append(action)
+    plan_hash = sha256_hex(canonical_json(["rollback", actor, now.isoformat(), actions]))
+    for cert in bound:
+        store.add_hold(target, cert, next(
+            a["fingerprint"] for a in actions if a["certificate"] == cert
+        ), reason, actor, now)
+    store.save_plan(plan_hash, desired.commit, actions, now, enqueue=True)
+    store.audit(
+        actor,
+        "rollback.requested",
+        target,
+        {"reason": reason, "versions": chosen, "plan": plan_hash},
+        now,
+    )
+    executor = Executor(
+        store, engine.settings.state_dir, desired, actor=actor, clock=engine.clock, env=engine.env
+    )
+    run = executor.run(plan_hash=plan_hash)
+    return RollbackOutcome(target, chosen, run)
+
+
+def release(
+    engine: Engine, target: str, *, certificate: str | None, actor: str, reason: str
+) -> int:
+    """Lift the hold(s) on a target (or one binding): Git wins again at the next apply."""
+    now = engine.clock()
+    count = engine.store.release_hold(target, certificate)
+    subject = target if certificate is None else f"{certificate} -> {target}"
+    engine.store.audit(
+        actor, "hold.released", subject, {"reason": reason, "released": count}, now
+    )
+    return count

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The README demo: sample-repo/ becomes a real Git repository in .demo/, and
-# certgit validates it and plans against a fresh state directory (SQLite,
-# local CA, files targets under .demo/state/targets). Apply arrives with issue 9.
+# certgit validates, plans and applies it against a fresh state directory
+# (SQLite, local CA). The three `files` targets write real PEM files under
+# .demo/state/targets/. Production targets are gated: the demo approves them
+# with a reason. Then a commit adds a SAN (second plan + apply), a rollback
+# pins the old version on web-1, and a release lets Git win again.
+# Never reads stdin; exits non-zero on any unexpected result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -12,17 +16,59 @@ git_() { git -C "$demo/repo" -c user.name="certgit demo" -c user.email=demo@exam
 git_ init -q -b main
 git_ add -A && git_ commit -q -m "desired state: sample"
 export CERTGIT_REPO="$demo/repo" CERTGIT_STATE_DIR="$demo/state"
+unset CERTGIT_CONFIG CERTGIT_REF CERTGIT_PATH
+exec </dev/null
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+expect() { # expect CODE COMMAND...: run it, fail the demo unless it exits CODE
+  local want=$1 rc=0; shift
+  "$@" || rc=$?
+  [ "$rc" = "$want" ] || { echo "unexpected exit $rc (wanted $want) from: $*" >&2; exit 1; }
+}
+plan_hash() { certgit plan --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])'; }
+
 step "certgit validate $demo/repo"
 certgit validate "$demo/repo"
 
 step "certgit plan   (exit 2 = changes pending)"
-rc=0; certgit plan || rc=$?
-[ "$rc" = 2 ] || { echo "unexpected exit $rc from certgit plan" >&2; exit 1; }
+expect 2 certgit plan
 
-step "certgit plan again: same commit, same plan hash"
-certgit plan --json | python3 -c 'import json,sys; p=json.load(sys.stdin); print("hash", p["hash"], "-", p["summary"])' || true
+step "certgit apply --dry-run   (preflight and grant checks; nothing written)"
+expect 2 certgit apply --dry-run
+
+step "certgit apply   (issues, deploys staging; production waits for approval: exit 2)"
+expect 2 certgit apply --as demo
+
+step "certgit approve <plan hash> --reason ...   (binds to that exact plan)"
+certgit approve "$(plan_hash)" --reason "demo: first production rollout" --as alice
+
+step "certgit apply   (production deploys now run: exit 0)"
+expect 0 certgit apply --as demo
+ls -l "$demo/state/targets/web-1"
+
+step "certgit apply again: nothing to do, no file touched, no reload"
+expect 0 certgit apply --as demo
+
+step "a commit adds a SAN to www: the second plan re-issues and redeploys"
+sed -i 's/^    - example.com$/    - example.com\n    - shop.example.com/' "$demo/repo/certificates/www.yaml"
+git_ commit -q -am "www: add shop.example.com"
+expect 2 certgit plan
+expect 2 certgit apply --as demo
+certgit approve "$(plan_hash)" --reason "demo: new SAN for the shop" --as alice
+expect 0 certgit apply --as demo
+
+step "certgit rollback web-1 --certificate www   (v1 back on web-1, held)"
+certgit rollback web-1 --certificate www --reason "demo: shop SAN broke a client" --as bob
+expect 0 certgit apply --as demo   # the hold keeps apply off web-1/www
+
+step "certgit history web-1"
+certgit history web-1
+
+step "certgit release web-1   (Git wins again: the v2 deploy is gated, approve it)"
+certgit release web-1 --reason "demo: client fixed" --as bob
+expect 2 certgit apply --as demo
+certgit approve "$(plan_hash)" --reason "demo: back to v2" --as alice
+expect 0 certgit apply --as demo
 
 step "certgit status"
 certgit status
@@ -31,9 +77,8 @@ step "bad input: a misspelled field and a dangling issuerRef are rejected with f
 cp -r "$demo/repo" "$demo/broken" && rm -rf "$demo/broken/.git"
 sed -i 's/^  dnsNames:/  dnsName:/' "$demo/broken/certificates/www.yaml"
 sed -i 's/name: internal-ca$/name: internal-caa/' "$demo/broken/certificates/api.yaml"
-rc=0; certgit validate "$demo/broken" || rc=$?
-[ "$rc" = 1 ] || { echo "expected exit 1 for the broken copy, got $rc" >&2; exit 1; }
+expect 1 certgit validate "$demo/broken"
 
 step "certgit audit verify"
 certgit audit verify
-printf '\nDemo state is in %s (state.db, master.key, git mirror).\n' "$demo/state"
+printf '\nDemo state is in %s (state.db, master.key, git mirror, targets/).\n' "$demo/state"

@@ -1,0 +1,496 @@
+"""The outbox worker: claim messages, issue, deploy one ChangeSet per target, record.
+
+One run:
+
+1. claim every runnable outbox message with a lease (one short transaction,
+   committed before any target is called);
+2. issue/renew actions first, in this thread (the store is single-threaded);
+3. group the deploy/remove/rollback messages by target, read each version's
+   material from the store, and hand every target's whole change set to its
+   connector as ONE ChangeSet (one validate, one reload), in a thread pool
+   bounded by `parallelism`, holding one lock per target (in-process lock +
+   flock on a file in the target's work dir). The threads never touch the
+   store;
+4. record what really happened (DeployReport or exception) and move each
+   message to COMPLETED / RETRY_WAIT / ABANDONED / FAILED.
+
+Idempotent on (target, fingerprint): a deployment whose fingerprint is
+recorded as deployed and observed the same on the target is not sent again.
+A failing target never blocks the others.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from certgit.connectors.errors import DeployError
+from certgit.connectors.model import ChangeSet, DeployReport, Removal, TargetSpec
+from certgit.connectors.model import Deployment as Bundle
+from certgit.reconciler.errors import CertgitError
+from certgit.reconciler.issuance import Issuance, IssueOutcome
+from certgit.reconciler.model import DesiredState
+from certgit.reconciler.store import Store, outbox
+from certgit.reconciler.store.outbox import Backoff, Message
+from certgit.reconciler.targets import (
+    binding_overrides,
+    ensure_work_dir,
+    target_spec,
+)
+
+ISSUE_KINDS = ("issue", "renew")
+DEPLOY_KINDS = ("deploy", "rollback")
+LOCK_FILE = "executor.lock"
+
+_process_locks: dict[str, threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Tuning of the worker. Defaults: 4 targets at once, 10 min lease, 5 attempts."""
+
+    parallelism: int = 4
+    lease: timedelta = timedelta(minutes=10)
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+@dataclass(frozen=True)
+class TargetJob:
+    """Everything a worker thread needs for one target; no store access needed."""
+
+    spec: TargetSpec
+    connector_type: str
+    deployments: tuple[Bundle, ...]
+    removals: tuple[Removal, ...]
+    recorded: Mapping[str, str | None]  # certificate -> fingerprint recorded as deployed
+
+
+@dataclass(frozen=True)
+class TargetCall:
+    """What happened on one target (returned by the worker thread)."""
+
+    target: str
+    report: DeployReport | None = None  # None: nothing had to be sent
+    skipped: tuple[str, ...] = ()  # certificates already deployed and observed the same
+    recovered: tuple[str, ...] = ()  # lines from crash recovery
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """One target's outcome as the CLI prints it."""
+
+    target: str
+    status: str  # deployed | unchanged | failed | retrying | abandoned
+    certificates: Mapping[str, int | None] = field(default_factory=dict)  # name -> version
+    removed: tuple[str, ...] = ()
+    reloaded: bool = False
+    validated: bool = False
+    verified: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What one executor run did."""
+
+    claimed: int = 0
+    issued: tuple[IssueOutcome, ...] = ()
+    issue_errors: Mapping[str, str] = field(default_factory=dict)
+    targets: tuple[TargetResult, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        bad = ("failed", "abandoned")
+        return bool(self.issue_errors) or any(t.status in bad for t in self.targets)
+
+
+class Executor:
+    """Runs claimed outbox messages against the targets of one desired state."""
+
+    def __init__(
+        self,
+        store: Store,
+        state_dir: Path,
+        desired: DesiredState,
+        *,
+        actor: str,
+        clock: Callable[[], datetime] = _utcnow,
+        config: ExecutorConfig = ExecutorConfig(),
+        env: Mapping[str, str] | None = None,
+        connector_loader: Callable[[str], Any] | None = None,
+        sandbox_factory: Callable[[Any, TargetSpec], Any] | None = None,
+        recover: Callable[[Any, Path], list[str]] | None = None,
+    ) -> None:
+        self.store = store
+        self.state_dir = Path(state_dir)
+        self.desired = desired
+        self.actor = actor
+        self.clock = clock
+        self.config = config
+        self.owner = outbox.new_owner()
+        self.issuance = Issuance(store, state_dir, env=os.environ if env is None else env)
+        self._load = connector_loader or default_loader
+        self._sandbox = sandbox_factory or default_sandbox
+        self._recover = recover or default_recover
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, plan_hash: str | None = None) -> RunReport:
+        """Claim, execute and record every runnable message (of one plan, if given)."""
+        messages = outbox.claim(
+            self.store, self.owner, self.clock(), lease=self.config.lease, plan_hash=plan_hash
+        )
+        if not messages:
+            return RunReport()
+        issued, issue_errors = self._issue([m for m in messages if m.kind in ISSUE_KINDS])
+        jobs, groups, results = self._prepare(
+            [m for m in messages if m.kind not in ISSUE_KINDS], issue_errors
+        )
+        calls: list[TargetCall] = []
+        if jobs:
+            workers = max(1, min(self.config.parallelism, len(jobs)))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="certgit-target") as p:
+                calls = list(p.map(self._call, jobs))
+        for job, call in zip(jobs, calls, strict=True):
+            results.append(self._record(job, call, groups[job.spec.name]))
+        return RunReport(
+            claimed=len(messages),
+            issued=tuple(issued),
+            issue_errors=issue_errors,
+            targets=tuple(sorted(results, key=lambda r: r.target)),
+        )
+
+    # ------------------------------------------------------------------ issuance
+
+    def _issue(self, messages: Sequence[Message]) -> tuple[list[IssueOutcome], dict[str, str]]:
+        issued: list[IssueOutcome] = []
+        errors: dict[str, str] = {}
+        for m in messages:
+            now = self.clock()
+            try:
+                outcome = self.issuance.issue(self.desired, m.certificate, now)
+            except CertgitError as exc:
+                errors[m.certificate] = str(exc)
+                self._fail([m], str(exc), temporary=exc.temporary)
+                self.store.audit(
+                    self.actor, "certificate.issue_failed", m.certificate, {"error": str(exc)}, now
+                )
+                continue
+            outcome_version = outcome.version
+            if outcome_version is not None:
+                issued.append(outcome)
+                self.store.audit(
+                    self.actor,
+                    f"certificate.{m.kind}d" if m.kind == "issue" else "certificate.renewed",
+                    m.certificate,
+                    {
+                        "version": outcome_version.version,
+                        "fingerprint": outcome_version.fingerprint,
+                        "key_reused": outcome.key_reused,
+                        "plan": m.plan_hash,
+                    },
+                    now,
+                )
+            outbox.complete(self.store, [m], self.owner, self.clock())
+        return issued, errors
+
+    # ------------------------------------------------------------------ preparing
+
+    def _prepare(
+        self, messages: Sequence[Message], issue_errors: Mapping[str, str]
+    ) -> tuple[list[TargetJob], dict[str, dict[str, list[Message]]], list[TargetResult]]:
+        """Group by target, resolve versions, build bundles. Messages that cannot run fail now."""
+        by_target: dict[str, list[Message]] = {}
+        for m in messages:
+            by_target.setdefault(m.target or "", []).append(m)
+        recorded = self.store.recorded_state()
+        jobs: list[TargetJob] = []
+        groups: dict[str, dict[str, list[Message]]] = {}
+        results: list[TargetResult] = []
+        for name in sorted(by_target):
+            target = self.desired.targets.get(name)
+            msgs = by_target[name]
+            if target is None:
+                error = f"target {name!r} is not in the desired state; restore it or drop the plan"
+                self._fail(msgs, error, temporary=False)
+                results.append(TargetResult(name, "failed", error=error))
+                continue
+            try:
+                spec = target_spec(target, self.state_dir)
+            except CertgitError as exc:
+                self._fail(msgs, str(exc), temporary=False)
+                results.append(TargetResult(name, "failed", error=str(exc)))
+                continue
+            # One entry per certificate: the newest message wins, older ones ride along.
+            per_cert: dict[str, list[Message]] = {}
+            for m in sorted(msgs, key=lambda m: m.id):
+                per_cert.setdefault(m.certificate, []).append(m)
+            bundles: list[Bundle] = []
+            removals: list[Removal] = []
+            group: dict[str, list[Message]] = {}
+            for cert_name, cert_msgs in sorted(per_cert.items()):
+                last = cert_msgs[-1]
+                hold = recorded.hold_for(cert_name, name)
+                if hold is not None and last.kind != "rollback":
+                    outbox.cancel(
+                        self.store, cert_msgs, self.owner, self.clock(), "binding is held"
+                    )
+                    continue
+                if last.kind == "remove":
+                    removals.append(
+                        Removal(cert_name, binding_overrides(
+                            self.desired.certificates.get(cert_name), name
+                        ))
+                    )
+                    group[cert_name] = cert_msgs
+                    continue
+                try:
+                    bundles.append(self._bundle(last, name))
+                except CertgitError as exc:
+                    why = issue_errors.get(cert_name)
+                    error = f"{exc}" if why is None else f"{exc} (issuance failed: {why})"
+                    states = self._fail(cert_msgs, error, temporary=exc.temporary)
+                    status = "retrying" if set(states.values()) == {"RETRY_WAIT"} else "failed"
+                    results.append(TargetResult(name, status, error=error))
+                    continue
+                group[cert_name] = cert_msgs
+            if not bundles and not removals:
+                continue
+            groups[name] = group
+            jobs.append(
+                TargetJob(
+                    spec=spec,
+                    connector_type=target.type,
+                    deployments=tuple(bundles),
+                    removals=tuple(removals),
+                    recorded={
+                        b.certificate: (
+                            d.fingerprint
+                            if (d := recorded.deployments.get((b.certificate, name)))
+                            else None
+                        )
+                        for b in bundles
+                    },
+                )
+            )
+        return jobs, groups, results
+
+    def _bundle(self, m: Message, target: str) -> Bundle:
+        return build_bundle(self.store, self.desired, m.payload, target)
+
+    # ------------------------------------------------------------------ calling (threads)
+
+    def _call(self, job: TargetJob) -> TargetCall:
+        """Run one target's ChangeSet under its lock. Never raises; never touches the store."""
+        name = job.spec.name
+        try:
+            ensure_work_dir(job.spec.work_dir)
+            with _target_lock(name, job.spec.work_dir):
+                connector = self._load(job.connector_type)
+                sandbox = self._sandbox(connector, job.spec)
+                recovered = tuple(self._recover(sandbox.transport, job.spec.work_dir))
+                todo: list[Bundle] = []
+                skipped: list[str] = []
+                for bundle in job.deployments:
+                    if job.recorded.get(bundle.certificate) == bundle.fingerprint and _observed(
+                        connector, sandbox, job.spec, bundle
+                    ):
+                        skipped.append(bundle.certificate)
+                        continue
+                    todo.append(bundle)
+                if not todo and not job.removals:
+                    return TargetCall(name, None, tuple(skipped), recovered)
+                change = ChangeSet(job.spec, tuple(todo), job.removals)
+                report = connector.deploy(sandbox, change)
+                return TargetCall(name, report, tuple(skipped), recovered)
+        except Exception as exc:  # any failure is this target's alone
+            return TargetCall(name, error=exc)
+
+    # ------------------------------------------------------------------ recording
+
+    def _record(
+        self, job: TargetJob, call: TargetCall, group: Mapping[str, list[Message]]
+    ) -> TargetResult:
+        now = self.clock()
+        name = job.spec.name
+        messages = [m for msgs in group.values() for m in msgs]
+        versions = {b.certificate: b.version for b in job.deployments}
+        if call.error is None:
+            for bundle in job.deployments:
+                self.store.record_deployment(
+                    bundle.certificate,
+                    name,
+                    fingerprint=bundle.fingerprint,
+                    version=bundle.version,
+                    at=now,
+                )
+            for removal in job.removals:
+                self.store.remove_deployment(removal.certificate, name)
+            outbox.complete(self.store, messages, self.owner, now)
+            report = call.report
+            details: dict[str, Any] = {
+                "fingerprints": {b.certificate: b.fingerprint for b in job.deployments},
+                "removed": [r.certificate for r in job.removals],
+                "skipped": list(call.skipped),
+                "changed": bool(report and report.changed),
+                "validated": bool(report and report.validated),
+                "reloaded": bool(report and report.reloaded),
+                "verified": bool(report and report.verified),
+            }
+            if call.recovered:
+                details["recovered"] = list(call.recovered)
+            kinds = {m.kind for m in messages}
+            action = "rollback.deployed" if "rollback" in kinds else "deploy.completed"
+            self.store.audit(self.actor, action, name, details, now)
+            return TargetResult(
+                name,
+                "deployed" if report is not None and report.changed else "unchanged",
+                certificates=versions,
+                removed=tuple(r.certificate for r in job.removals),
+                reloaded=details["reloaded"],
+                validated=details["validated"],
+                verified=details["verified"],
+            )
+        exc = call.error
+        error = f"{type(exc).__name__}: {exc}"
+        temporary = bool(getattr(exc, "temporary", False)) if isinstance(exc, CertgitError) else (
+            isinstance(exc, OSError)
+        )
+        for bundle in job.deployments:
+            if bundle.certificate in call.skipped:
+                continue
+            self.store.record_deployment(
+                bundle.certificate, name, fingerprint=bundle.fingerprint, version=bundle.version,
+                at=now, error=error,
+            )
+        states = self._fail(messages, error, temporary=temporary)
+        rolled_back = not isinstance(exc, DeployError) or exc.rolled_back
+        self.store.audit(
+            self.actor,
+            "deploy.failed",
+            name,
+            {
+                "error": error,
+                "rolled_back": rolled_back,
+                "fingerprints": {b.certificate: b.fingerprint for b in job.deployments},
+                "recovered": list(call.recovered),
+            },
+            now,
+        )
+        state_names = set(states.values())
+        status = (
+            "retrying" if state_names == {"RETRY_WAIT"}
+            else "abandoned" if "ABANDONED" in state_names
+            else "failed"
+        )
+        return TargetResult(name, status, certificates=versions, error=error)
+
+    def _fail(self, messages: Sequence[Message], error: str, *, temporary: bool) -> dict[int, str]:
+        return outbox.fail(
+            self.store, messages, self.owner, self.clock(), error,
+            temporary=temporary, backoff=self.config.backoff,
+        )
+
+
+def build_bundle(
+    store: Store, desired: DesiredState, payload: Mapping[str, Any], target: str
+) -> Bundle:
+    """The certificate version a deploy/rollback message converges to, with its material."""
+    cert_name = str(payload.get("certificate"))
+    version = payload.get("version")
+    if version is None:
+        spec_hash = payload.get("spec_hash")
+        matching = [v for v in store.versions(cert_name) if v.spec_hash == spec_hash]
+        if not matching:
+            error = CertgitError(
+                f"certificate {cert_name} has no issued version for this spec yet; "
+                "the issue action runs first: run `certgit apply` again"
+            )
+            error.temporary = True
+            raise error
+        chosen = matching[-1]
+    else:
+        found = [
+            v
+            for v in store.versions(cert_name, include_retired=True)
+            if v.version == int(version)
+        ]
+        if not found:
+            raise CertgitError(
+                f"certificate {cert_name} has no version {version}: run "
+                f"`certgit history {cert_name}` to list the recorded versions"
+            )
+        chosen = found[0]
+    expected = payload.get("fingerprint")
+    if expected is not None and expected != chosen.fingerprint:
+        raise CertgitError(
+            f"certificate {cert_name} v{chosen.version} is {chosen.fingerprint[:16]}, "
+            f"the plan expected {str(expected)[:16]}: run `certgit plan` again"
+        )
+    cert_pem, chain_pem, key_pem = store.version_material(cert_name, chosen.version)
+    desired_cert = desired.certificates.get(cert_name)
+    return Bundle(
+        certificate=cert_name,
+        version=chosen.version,
+        fingerprint=chosen.fingerprint,
+        cert_pem=cert_pem,
+        chain_pem=chain_pem,
+        key_pem=key_pem,
+        overrides=binding_overrides(desired_cert, target),
+        dns_names=tuple(desired_cert.dns_names) if desired_cert else (),
+    )
+
+
+def _observed(connector: Any, sandbox: Any, spec: TargetSpec, bundle: Bundle) -> bool:
+    """True when the target is seen serving/holding exactly `bundle`; unsure means False."""
+    try:
+        seen = connector.observe(sandbox, spec, bundle.certificate, bundle.overrides)
+    except Exception:  # an unreadable target proves nothing: deploy (the SDK short-circuits)
+        return False
+    return seen.error is None and seen.fingerprint == bundle.fingerprint
+
+
+@contextmanager
+def _target_lock(name: str, work_dir: Path) -> Iterator[None]:
+    """One mutex per target: an in-process lock, then an flock other processes respect."""
+    with _process_locks_guard:
+        lock = _process_locks.setdefault(name, threading.Lock())
+    with lock:
+        fd = os.open(work_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
+
+
+def default_loader(name: str) -> Any:
+    from certgit.connectors.sdk.registry import load_connector
+
+    return load_connector(name)
+
+
+def default_sandbox(connector: Any, spec: TargetSpec) -> Any:
+    from certgit.connectors.sdk.registry import sandbox_for
+
+    return sandbox_for(connector, spec)
+
+
+def default_recover(transport: Any, work_dir: Path) -> list[str]:
+    from certgit.connectors.sdk.atomic import recover
+
+    return recover(transport, work_dir)

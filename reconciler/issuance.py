@@ -1,0 +1,146 @@
+"""Issue and renew actions: a new certificate version from the Certificate's issuer.
+
+Only `local-ca` issuers exist so far (ACME arrives with its own issue). The
+local CA lives in `<state-dir>/ca/<issuer>/`, its key encrypted with a
+passphrase derived from certgit's master key, so no extra secret is needed.
+
+Idempotent: an issue/renew whose certificate already has a current version
+(spec unchanged, not inside renewBefore) records nothing, so an action that
+runs twice after a crash never issues twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from certgit.reconciler.errors import IssuanceError
+from certgit.reconciler.issuers.keys import load_private_key
+from certgit.reconciler.issuers.local_ca import LocalCA
+from certgit.reconciler.model import (
+    Certificate,
+    CertificateVersion,
+    DesiredState,
+    KeyAlgorithm,
+    KeyRotation,
+)
+from certgit.reconciler.sealing import load_master_key
+from certgit.reconciler.store import Store
+
+_PASSPHRASE_LABEL = b"certgit local-ca passphrase v1\x00"
+
+
+def ca_passphrase(master_key: bytes) -> bytes:
+    """The local CA key's passphrase: a one-way derivation of the master key."""
+    return hashlib.sha256(_PASSPHRASE_LABEL + master_key).hexdigest().encode()
+
+
+def needs_new_version(cert: Certificate, latest: CertificateVersion | None, now: datetime) -> bool:
+    """True when no version exists, the spec changed, or the latest is inside renewBefore."""
+    if latest is None or latest.spec_hash != cert.spec_hash():
+        return True
+    return latest.not_after - now <= cert.effective_renew_before()
+
+
+@dataclass(frozen=True)
+class IssueOutcome:
+    """What an issue/renew action did. `version` is None when nothing was needed."""
+
+    certificate: str
+    version: CertificateVersion | None
+    key_reused: bool = False
+
+
+class Issuance:
+    """Issues certificate versions into the store for one state directory."""
+
+    def __init__(
+        self,
+        store: Store,
+        state_dir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.store = store
+        self.state_dir = Path(state_dir)
+        self.env: Mapping[str, str] = {} if env is None else env
+        self._cas: dict[str, LocalCA] = {}
+
+    def _ca(self, desired: DesiredState, issuer_name: str, now: datetime) -> LocalCA:
+        cached = self._cas.get(issuer_name)
+        if cached is not None:
+            return cached
+        issuer = desired.issuers.get(issuer_name)
+        if issuer is None:
+            raise IssuanceError(
+                f"issuer {issuer_name!r} is not defined in the desired state; add the Issuer "
+                "or fix the Certificate's issuerRef"
+            )
+        if issuer.type != "local-ca":
+            raise IssuanceError(
+                f"issuer {issuer_name}: type {issuer.type!r} cannot issue yet (only local-ca "
+                "does); use a local-ca issuer until that issuer type lands"
+            )
+        passphrase = ca_passphrase(load_master_key(self.state_dir, self.env))
+        ca = LocalCA.load_or_create(
+            self.state_dir / "ca" / issuer_name,
+            issuer=issuer,
+            passphrase=passphrase,
+            now=now,
+            env=self.env,
+            base_dir=self.state_dir,
+        )
+        self._cas[issuer_name] = ca
+        return ca
+
+    def _reusable_key(self, cert: Certificate, latest: CertificateVersion | None) -> bytes | None:
+        """Under rotation Never: the latest version's key, if it still fits the key spec."""
+        if cert.key.rotation != KeyRotation.NEVER or latest is None:
+            return None
+        key_pem = self.store.version_material(cert.name, latest.version)[2]
+        key = load_private_key(key_pem, trusted=True)
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            have: tuple[KeyAlgorithm, int | None] = (KeyAlgorithm.ECDSA, key.curve.key_size)
+        elif isinstance(key, rsa.RSAPrivateKey):
+            have = (KeyAlgorithm.RSA, key.key_size)
+        elif isinstance(key, ed25519.Ed25519PrivateKey):
+            have = (KeyAlgorithm.ED25519, None)
+        else:
+            return None
+        if have != (cert.key.algorithm, cert.key.size):
+            return None  # the key spec changed in Git: only a new key honours it
+        return key_pem
+
+    def issue(self, desired: DesiredState, name: str, now: datetime) -> IssueOutcome:
+        """Issue the next version of certificate `name` if one is needed; record it."""
+        cert = desired.certificates.get(name)
+        if cert is None:
+            raise IssuanceError(
+                f"certificate {name!r} is no longer in the desired state; nothing to issue"
+            )
+        versions = self.store.versions(name)
+        latest = versions[-1] if versions else None
+        if not needs_new_version(cert, latest, now):
+            return IssueOutcome(name, None)
+        ca = self._ca(desired, cert.issuer_ref, now)
+        reuse = self._reusable_key(cert, latest)
+        issued = ca.issue(cert, now=now, key_pem=reuse)
+        version = self.store.add_version(
+            name,
+            cert_pem=issued.cert_pem,
+            chain_pem=issued.chain_pem,
+            key_pem=issued.key_pem,
+            spec_hash=cert.spec_hash(),
+            issued_at=now,
+        )
+        return IssueOutcome(name, version, key_reused=reuse is not None)
+
+
+def renewal_horizon(cert: Certificate, version: CertificateVersion) -> datetime:
+    """When `version` of `cert` becomes due for renewal."""
+    return version.not_after - max(cert.effective_renew_before(), timedelta(0))

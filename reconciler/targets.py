@@ -1,0 +1,97 @@
+"""Reconciler Targets → the connector layer's TargetSpec, VerifyConfig and per-binding overrides.
+
+The connector layer never imports the reconciler, so this is the one place
+that translates: Git's `spec.verify.endpoint` ("host:port", "[::1]:443")
+becomes a VerifyConfig, and every target gets a private work directory under
+the state directory for the SDK's journal, backups and locks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from certgit.connectors.model import TargetSpec, VerifyConfig
+from certgit.reconciler.errors import CertgitError
+from certgit.reconciler.model import Certificate, DesiredState, Target, VerifySpec
+
+WORK_DIR_NAME = "work"
+
+
+class TargetConfigError(CertgitError):
+    """A Target's settings cannot be turned into something a connector can use."""
+
+
+def work_dir(state_dir: Path, target: str) -> Path:
+    """`<state-dir>/work/<target>`: journal, backups and locks of one target (mode 0700)."""
+    if not target or "/" in target or target in (".", ".."):
+        raise TargetConfigError(
+            f"target name {target!r} cannot name a directory; rename the Target"
+        )
+    return Path(state_dir) / WORK_DIR_NAME / target
+
+
+def ensure_work_dir(path: Path) -> Path:
+    """Create a work directory (and its parent) with mode 0700 if missing; return it."""
+    for directory in (path.parent, path):
+        try:
+            directory.mkdir(mode=0o700)
+            os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+        except FileExistsError:
+            pass
+    return path
+
+
+def parse_endpoint(endpoint: str, target: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' → (host, port). TargetConfigError says how to fix it."""
+    host, sep, port_text = endpoint.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise TargetConfigError(
+            f"target {target}: verify.endpoint {endpoint!r} is not host:port "
+            "(IPv6 as [::1]:443); fix spec.verify.endpoint"
+        )
+    return host, int(port_text)
+
+
+def verify_config(spec: VerifySpec | None, target: str) -> VerifyConfig | None:
+    """The post-deploy TLS check for a target, or None when it has no verify endpoint."""
+    if spec is None:
+        return None
+    host, port = parse_endpoint(spec.endpoint, target)
+    return VerifyConfig(host=host, port=port, server_name=spec.server_name)
+
+
+def target_spec(target: Target, state_dir: Path) -> TargetSpec:
+    """What a connector sees of `target`; relative paths resolve against the state dir."""
+    return TargetSpec(
+        name=target.name,
+        type=target.type,
+        settings=dict(target.settings),
+        work_dir=work_dir(state_dir, target.name),
+        base_dir=Path(state_dir),
+        transport=dict(target.transport),
+        verify=verify_config(target.verify, target.name),
+    )
+
+
+def binding_overrides(cert: Certificate | None, target: str) -> Mapping[str, Any]:
+    """The deployTo entry's overrides (files, directory) for (cert, target); {} if unbound."""
+    if cert is None:
+        return {}
+    for binding in cert.deploy_to:
+        if binding.target == target:
+            return dict(binding.overrides)
+    return {}
+
+
+def bound_certificates(desired: DesiredState, target: str) -> list[str]:
+    """Names of the certificates bound to `target`, sorted."""
+    return sorted(
+        name
+        for name, cert in desired.certificates.items()
+        if any(b.target == target for b in cert.deploy_to)
+    )
