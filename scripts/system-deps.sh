@@ -28,13 +28,12 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # Keep package scripts from starting the services at all (Debian's policy-rc.d
   # protocol: exit 101 = action forbidden); removed again below.
   policy=/usr/sbin/policy-rc.d
-  added_policy=""
   if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && added_policy=1
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
   fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  [ -n "$added_policy" ] && rm -f "$policy"
   # Stop whatever the packages started; tests run their own instances on loopback.
   for svc in nginx apache2 haproxy caddy postfix dovecot; do
     service "$svc" stop >/dev/null 2>&1 || true
