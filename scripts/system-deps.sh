@@ -10,6 +10,7 @@ set -euo pipefail
 need=()
 command -v git >/dev/null || need+=(git)
 command -v openssl >/dev/null || need+=(openssl)
+[ -x /usr/bin/kill ] || need+=(procps)  # tests signal server masters with /usr/bin/kill
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/sbin/apache2 ] || need+=(apache2)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
