@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from certgit.connectors.errors import PreflightFailed
 from certgit.connectors.model import Deployment
-from certgit.connectors.sdk.base import FileConnector
+from certgit.connectors.sdk.base import FileConnector, file_roles
 
 MIN_RSA_BITS = 2048  # OpenSSL 3 security level 2, Debian's default
 
@@ -28,13 +28,9 @@ class ApacheConnector(FileConnector):
     """Apache httpd 2.4 with mod_ssl."""
 
     name: ClassVar[str] = "apache"
-    roles: ClassVar[Mapping[str, str | None]] = {
-        "certificate": "certs/{name}.crt",
-        "chain": "certs/{name}.chain.pem",
-        "fullchain": None,
-        "key": "private/{name}.key",
-        "combined": None,
-    }
+    roles: ClassVar[Mapping[str, str | None]] = file_roles(
+        certificate="certs/{name}.crt", chain="certs/{name}.chain.pem", key="private/{name}.key"
+    )
     default_directory: ClassVar[str | None] = "/etc/ssl"
     validate_command: ClassVar[tuple[str, ...] | None] = ("apachectl", "configtest")
     reload_command: ClassVar[tuple[str, ...] | None] = ("apachectl", "graceful")

@@ -40,7 +40,7 @@ from certgit.connectors.model import (
     Observation,
     TargetSpec,
 )
-from certgit.connectors.sdk.base import FileConnector, expected_fingerprint
+from certgit.connectors.sdk.base import FULLCHAIN_AND_KEY, FileConnector, expected_fingerprint
 from certgit.connectors.sdk.grants import Grants
 
 if TYPE_CHECKING:
@@ -56,19 +56,20 @@ class CaddyConnector(FileConnector):
     """Caddy 2: certificate files (default) or the admin API (`method: admin-api`)."""
 
     name: ClassVar[str] = "caddy"
-    roles: ClassVar[Mapping[str, str | None]] = {
-        "certificate": None,
-        "chain": None,
-        "fullchain": "{name}.crt",
-        "key": "{name}.key",
-        "combined": None,
-    }
+    roles: ClassVar[Mapping[str, str | None]] = FULLCHAIN_AND_KEY
     default_directory: ClassVar[str | None] = "/etc/caddy/certs"
     validate_command: ClassVar[tuple[str, ...] | None] = (
-        "caddy", "validate", "--config", "/etc/caddy/Caddyfile",
+        "caddy",
+        "validate",
+        "--config",
+        "/etc/caddy/Caddyfile",
     )
     reload_command: ClassVar[tuple[str, ...] | None] = (
-        "caddy", "reload", "--force", "--config", "/etc/caddy/Caddyfile",
+        "caddy",
+        "reload",
+        "--force",
+        "--config",
+        "/etc/caddy/Caddyfile",
     )
 
     # -- mode selection -------------------------------------------------------------------
@@ -79,8 +80,7 @@ class CaddyConnector(FileConnector):
         method = (target.settings or {}).get("method", "files")
         if method not in ("files", ADMIN_API):
             raise PreflightFailed(
-                f"target {target.name}: settings.method {method!r} is not 'files' or "
-                f"'{ADMIN_API}'",
+                f"target {target.name}: settings.method {method!r} is not 'files' or '{ADMIN_API}'",
                 target=target.name,
             )
         return method == ADMIN_API
@@ -234,8 +234,7 @@ class CaddyConnector(FileConnector):
         current = _load_pem(old_config)
         wanted = _merge(current, change)
         files = {
-            self._entry_id(target, d.certificate): _entry_sha(_entry(d))
-            for d in change.deployments
+            self._entry_id(target, d.certificate): _entry_sha(_entry(d)) for d in change.deployments
         }
         if wanted == current:
             return DeployReport(
@@ -321,8 +320,8 @@ def _find(entries: list[Any], certificate: str) -> Mapping[str, Any] | None:
 
 
 def _load_pem(config: Mapping[str, Any]) -> list[Any]:
-    found = (
-        (((config.get("apps") or {}).get("tls") or {}).get("certificates") or {}).get("load_pem")
+    found = (((config.get("apps") or {}).get("tls") or {}).get("certificates") or {}).get(
+        "load_pem"
     )
     return list(found) if isinstance(found, list) else []
 

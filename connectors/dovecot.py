@@ -11,20 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from certgit.connectors.sdk.base import FileConnector
+from certgit.connectors.sdk.base import FULLCHAIN_AND_KEY, FileConnector
 
 
 class DovecotConnector(FileConnector):
     """Dovecot IMAP/POP3 TLS files."""
 
     name: ClassVar[str] = "dovecot"
-    roles: ClassVar[Mapping[str, str | None]] = {
-        "certificate": None,
-        "chain": None,
-        "fullchain": "{name}.crt",
-        "key": "{name}.key",
-        "combined": None,
-    }
+    roles: ClassVar[Mapping[str, str | None]] = FULLCHAIN_AND_KEY
     default_directory: ClassVar[str | None] = "/etc/dovecot/private"
     validate_command: ClassVar[tuple[str, ...] | None] = ("doveconf", "-n")
     reload_command: ClassVar[tuple[str, ...] | None] = ("doveadm", "reload")

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from certgit.connectors.model import Deployment, Removal, TargetSpec
-from certgit.connectors.sdk.base import FileConnector, FileSpec
+from certgit.connectors.sdk.base import FULLCHAIN_AND_KEY, FileConnector, FileSpec
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 DEFAULT_SDS_FILE = "{name}.sds.yaml"
@@ -28,13 +28,7 @@ class EnvoyConnector(FileConnector):
     """Envoy with file-based SDS."""
 
     name: ClassVar[str] = "envoy"
-    roles: ClassVar[Mapping[str, str | None]] = {
-        "certificate": None,
-        "chain": None,
-        "fullchain": "{name}.crt",
-        "key": "{name}.key",
-        "combined": None,
-    }
+    roles: ClassVar[Mapping[str, str | None]] = FULLCHAIN_AND_KEY
     default_directory: ClassVar[str | None] = "/etc/envoy/certs"
 
     def sds_path(self, target: TargetSpec, certificate: str) -> str:
@@ -79,7 +73,7 @@ def sds_secret(name: str, cert_file: str, key_file: str) -> bytes:
     return (
         f"# managed by certgit: secret {name}; do not edit\n"
         "resources:\n"
-        f"  - \"@type\": {json.dumps(SECRET_TYPE)}\n"
+        f'  - "@type": {json.dumps(SECRET_TYPE)}\n'
         f"    name: {json.dumps(name)}\n"
         "    tls_certificate:\n"
         f"      certificate_chain: {{filename: {json.dumps(cert_file)}}}\n"

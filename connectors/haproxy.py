@@ -12,23 +12,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from certgit.connectors.sdk.base import FileConnector
+from certgit.connectors.sdk.base import FileConnector, file_roles
 
 
 class HAProxyConnector(FileConnector):
     """HAProxy: `crt` files that carry the certificate, its chain and the private key."""
 
     name: ClassVar[str] = "haproxy"
-    roles: ClassVar[Mapping[str, str | None]] = {
-        "certificate": None,
-        "chain": None,
-        "fullchain": None,
-        "key": None,
-        "combined": "{name}.pem",
-    }
+    roles: ClassVar[Mapping[str, str | None]] = file_roles(combined="{name}.pem")
     default_directory: ClassVar[str | None] = "/etc/haproxy/certs"
     default_mode: ClassVar[int] = 0o600
     validate_command: ClassVar[tuple[str, ...] | None] = (
-        "haproxy", "-c", "-f", "/etc/haproxy/haproxy.cfg",
+        "haproxy",
+        "-c",
+        "-f",
+        "/etc/haproxy/haproxy.cfg",
     )
     reload_command: ClassVar[tuple[str, ...] | None] = ("systemctl", "reload", "haproxy")

@@ -13,20 +13,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from certgit.connectors.sdk.base import FileConnector
+from certgit.connectors.sdk.base import FULLCHAIN_AND_KEY, FileConnector
 
 
 class NginxConnector(FileConnector):
     """nginx: `ssl_certificate` = {name}.crt (full chain), `ssl_certificate_key` = {name}.key."""
 
     name: ClassVar[str] = "nginx"
-    roles: ClassVar[Mapping[str, str | None]] = {
-        "certificate": None,
-        "chain": None,
-        "fullchain": "{name}.crt",
-        "key": "{name}.key",
-        "combined": None,
-    }
+    roles: ClassVar[Mapping[str, str | None]] = FULLCHAIN_AND_KEY
     default_directory: ClassVar[str | None] = "/etc/nginx/ssl"
     validate_command: ClassVar[tuple[str, ...] | None] = ("nginx", "-t")
     reload_command: ClassVar[tuple[str, ...] | None] = ("nginx", "-s", "reload")

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from certgit.connectors.model import Deployment, Removal, TargetSpec
-from certgit.connectors.sdk.base import FileConnector, FileSpec
+from certgit.connectors.sdk.base import FULLCHAIN_AND_KEY, FileConnector, FileSpec
 
 DEFAULT_DYNAMIC_FILE = "{name}.tls.yml"
 
@@ -27,13 +27,7 @@ class TraefikConnector(FileConnector):
     """Traefik v2/v3 file provider."""
 
     name: ClassVar[str] = "traefik"
-    roles: ClassVar[Mapping[str, str | None]] = {
-        "certificate": None,
-        "chain": None,
-        "fullchain": "{name}.crt",
-        "key": "{name}.key",
-        "combined": None,
-    }
+    roles: ClassVar[Mapping[str, str | None]] = FULLCHAIN_AND_KEY
     default_directory: ClassVar[str | None] = "/etc/traefik/certs"
 
     def dynamic_path(self, target: TargetSpec, certificate: str) -> str | None:

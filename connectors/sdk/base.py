@@ -37,6 +37,18 @@ __all__ = ["Connector", "FileConnector", "FileSettings", "FileSpec"]
 
 ROLES = ("certificate", "chain", "fullchain", "key", "combined")
 KEY_ROLES = frozenset({"key", "combined"})  # files holding the private key get keyMode
+
+
+def file_roles(**templates: str) -> Mapping[str, str | None]:
+    """A `roles` mapping: the given roles' name templates, every other role disabled."""
+    unknown = set(templates) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown file roles {sorted(unknown)}; use {', '.join(ROLES)}")
+    return {role: templates.get(role) for role in ROLES}
+
+
+# What most servers want: the leaf with its chain in one file, and the key.
+FULLCHAIN_AND_KEY = file_roles(fullchain="{name}.crt", key="{name}.key")
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
