@@ -209,19 +209,33 @@ def render_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from certgit.reconciler.engine import operator_identity
+def _current_plan(
+    args: argparse.Namespace, out: TextIO, err: TextIO, *, record_as: str | None = None
+) -> Plan | None:
+    """Poll and plan; print the commit's problems and return None when it is invalid.
 
+    With `record_as`, the plan is also persisted (and audited the first time).
+    """
     engine = _engine(args)
     try:
         try:
             plan = engine.plan()
         except ConfigErrors as exc:
             _print_problems(exc, out, err, engine.last_good_commit())
-            return EXIT_ERROR
-        engine.record_plan(plan, operator_identity(args.actor))
+            return None
+        if record_as is not None:
+            engine.record_plan(plan, record_as)
+        return plan
     finally:
         engine.close()
+
+
+def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from certgit.reconciler.engine import operator_identity
+
+    plan = _current_plan(args, out, err, record_as=operator_identity(args.actor))
+    if plan is None:
+        return EXIT_ERROR
     if args.json:
         json.dump(plan.to_dict(), out, indent=2, sort_keys=True)
         out.write("\n")
@@ -231,15 +245,9 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    engine = _engine(args)
-    try:
-        try:
-            plan = engine.plan()
-        except ConfigErrors as exc:
-            _print_problems(exc, out, err, engine.last_good_commit())
-            return EXIT_ERROR
-    finally:
-        engine.close()
+    plan = _current_plan(args, out, err)
+    if plan is None:
+        return EXIT_ERROR
     rows = [b.to_dict() for b in plan.bindings]
     if args.json:
         json.dump({"commit": plan.commit, "bindings": rows}, out, indent=2, sort_keys=True)
