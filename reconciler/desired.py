@@ -16,7 +16,7 @@ import difflib
 import hashlib
 import ipaddress
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -87,12 +87,24 @@ class DesiredLoader:
 
     `cache` may be any mutable mapping shared across loaders (values pickle);
     without one, the loader keeps its own and drops entries of files that
-    vanished from the latest load.
+    vanished from the latest load. `connector_types` are the Target types that
+    can be deployed (default: the connectors installed in the
+    `certgit.connectors` entry-point group); it is checked on every load, not
+    cached, so installing a connector takes effect without a new commit.
     """
 
-    def __init__(self, cache: MutableMapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cache: MutableMapping[str, Any] | None = None,
+        connector_types: Collection[str] | None = None,
+    ) -> None:
         self._owns_cache = cache is None
         self._cache: MutableMapping[str, Any] = {} if cache is None else cache
+        if connector_types is None:
+            from certgit.connectors.sdk.registry import available
+
+            connector_types = available()
+        self._connector_types = frozenset(connector_types)
 
     def load(self, files: Iterable[FileEntry], commit: str | None) -> DesiredState:
         """Validate and build every document of `files`.
@@ -119,7 +131,7 @@ class DesiredLoader:
             for stale in [key for key in self._cache if key not in used_keys]:
                 del self._cache[stale]
 
-        problems.extend(_cross_check(located))
+        problems.extend(_cross_check(located, self._connector_types))
         if problems:
             raise ConfigErrors(problems)
         return _assemble(located, commit)
@@ -390,7 +402,9 @@ class _Positions:
         return Problem(entry.path, line, column, message)
 
 
-def _cross_check(located: list[tuple[FileEntry, _Doc]]) -> Iterator[Problem]:
+def _cross_check(
+    located: list[tuple[FileEntry, _Doc]], connector_types: frozenset[str]
+) -> Iterator[Problem]:
     positions = _Positions()
     first: dict[tuple[str, str], tuple[FileEntry, _Doc]] = {}
     for entry, doc in located:
@@ -441,6 +455,16 @@ def _cross_check(located: list[tuple[FileEntry, _Doc]]) -> Iterator[Problem]:
                         f"{prefix}spec.deployTo[{position}].target: no Target named "
                         f'"{binding.target}"' + hint("Target", binding.target),
                     )
+        elif isinstance(model, Target) and model.type not in connector_types:
+            installed = ", ".join(sorted(connector_types)) or "none"
+            yield positions.problem(
+                entry,
+                doc.index,
+                ("spec", "type"),
+                f'{prefix}spec.type: no connector "{model.type}" is installed '
+                f"(installed: {installed}); fix the type or install the package that "
+                "provides it",
+            )
         elif isinstance(model, Policy):
             for rule_index, rule in enumerate(model.approvals):
                 for field, kind, values in (

@@ -46,11 +46,15 @@ def test_kind_schema_pins_kind_and_rejects_unknown_top_level_fields(kind: str) -
     assert schema["properties"]["spec"]["additionalProperties"] is False
 
 
-def test_target_type_enum_matches_the_connector_registry() -> None:
-    """Every registered connector can be named in Git, and nothing else can."""
+def test_every_builtin_connector_has_its_settings_schema() -> None:
+    """Each registered built-in type gets its settings checked at validate time."""
     from certgit.connectors.sdk.registry import available
     from certgit.schemas.validator import load_schema
 
     schema = load_schema("target.schema.json")
-    enum = schema["properties"]["spec"]["properties"]["type"]["enum"]
-    assert sorted(enum) == sorted(available())
+    typed = {
+        rule["if"]["properties"]["type"]["const"]
+        for rule in schema["properties"]["spec"]["allOf"]
+        if "if" in rule
+    }
+    assert typed == set(available())
