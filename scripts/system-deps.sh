@@ -33,8 +33,12 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
     trap 'rm -f "$policy"' EXIT
   fi
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # apt's chatter (e.g. "debconf: delaying package configuration") only on failure
+  log=$(mktemp)
+  if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"; } >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"; exit 1
+  fi
+  rm -f "$log"
   # Stop whatever the packages started; tests run their own instances on loopback.
   for svc in nginx apache2 haproxy caddy postfix dovecot; do
     service "$svc" stop >/dev/null 2>&1 || true

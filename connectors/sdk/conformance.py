@@ -22,6 +22,16 @@ A subclass that must start a server for each test may override the `target`
 fixture itself (taking its own server fixture) and return
 `self.wrap_target(connector, target, tmp_path)`.
 
+Servers that need their certificate files to exist before they start (Apache,
+HAProxy, Caddy's `load_files`) set `seed = True` and implement
+`start_server(target)`: the `target` fixture first deploys certificates of the
+suite's own (`seed_deployments()`: one per name in `certificate_names`, same
+DNS names, different keys, so every test's first deploy still changes the
+files) through the connector with no-op validate/reload commands, then calls
+`start_server(target)`, then wraps the reload. Tests that check "nothing was
+written" compare with the state before the step (the seed, or nothing), and,
+where `served_fingerprint` answers, that the seed is still served.
+
 `make_bundle()` issues real certificates from a throwaway two-level CA, so
 every connector test shares one way to get a key, a leaf and a chain.
 """
@@ -229,6 +239,10 @@ class ConnectorConformance:
 
     connector_name: ClassVar[str] = ""
     wrap_reload: ClassVar[bool] = True
+    # Every certificate name the suite deploys (what a server config must list).
+    certificate_names: ClassVar[tuple[str, ...]] = ("alpha", "bravo", "charlie")
+    # Deploy seed certificates and call start_server() before each test (see module doc).
+    seed: ClassVar[bool] = False
 
     # -- hooks for subclasses ---------------------------------------------------------------
 
@@ -243,6 +257,21 @@ class ConnectorConformance:
     def served_fingerprint(self, target: TargetSpec, certificate: str) -> str | None:
         """Real-server connectors: the leaf fingerprint served for `certificate`, else None."""
         return None
+
+    def start_server(self, target: TargetSpec) -> None:
+        """With `seed = True`: start the server on the seeded files (stop it at teardown)."""
+        raise NotImplementedError("seed = True needs start_server(target)")
+
+    def seed_deployments(self) -> tuple[Deployment, ...]:
+        """The seed certificates (cached per test): one per `certificate_names` entry."""
+        found: tuple[Deployment, ...] | None = self.__dict__.get("_conformance_seeds")
+        if found is None:
+            deployments = []
+            for name in self.certificate_names:
+                names = self.dns_names_for(name)
+                deployments.append(make_bundle(names[0], dns_names=names).deployment(name))
+            found = self.__dict__["_conformance_seeds"] = tuple(deployments)
+        return found
 
     def reload_count(self, target: TargetSpec) -> int:
         """How many reloads ran on `target` (the wrapping script's counter by default)."""
@@ -279,6 +308,9 @@ class ConnectorConformance:
     def target(self, tmp_path: Path, connector: Connector) -> TargetSpec:
         """make_target(tmp_path) with its reload wrapped by the counting script."""
         target = self.make_target(tmp_path)
+        if self.seed:
+            self._seed(connector, target)
+            self.start_server(target)
         if self.wrap_reload:
             target = self.wrap_target(connector, target, tmp_path)
         return target
@@ -323,6 +355,13 @@ class ConnectorConformance:
         self._harnesses()[str(target.work_dir)] = harness
         return replace(target, settings=settings)
 
+    def _seed(self, connector: Connector, target: TargetSpec) -> None:
+        # The server is not running yet: validate and reload are no-ops for the seed.
+        settings = {**target.settings, "validateCommand": [_TRUE], "reloadCommand": [_TRUE]}
+        quiet = replace(target, settings=settings)
+        seeded = self._deploy(connector, quiet, *self.seed_deployments())
+        assert seeded.changed is True, "seeding the target wrote nothing"
+
     def _deploy(self, connector: Connector, target: TargetSpec, *deployments: Deployment) -> Any:
         sandbox = sandbox_for(connector, target)
         return connector.deploy(sandbox, ChangeSet(target=target, deployments=deployments))
@@ -356,6 +395,7 @@ class ConnectorConformance:
         for path, sha in seen.files.items():
             assert sha is not None, f"observe found {path} missing right after deploy"
             assert report.files.get(path, sha) == sha
+        _assert_keys_not_world_readable(report.files)
         served = self.served_fingerprint(target, "alpha")
         if served is not None:
             assert served == dep.fingerprint
@@ -377,7 +417,7 @@ class ConnectorConformance:
     def test_many_certificates_one_reload(
         self, connector: Connector, target: TargetSpec, make_deployment: Callable[..., Deployment]
     ) -> None:
-        deps = [make_deployment(n) for n in ("alpha", "bravo", "charlie")]
+        deps = [make_deployment(n) for n in self.certificate_names]
         before = self.reload_count(target)
         report = self._deploy(connector, target, *deps)
         assert report.changed is True
@@ -405,6 +445,9 @@ class ConnectorConformance:
         assert after.fingerprint == old.fingerprint
         assert after.files == before.files
         assert _listing(after.files) == listing, "a denied deploy left files behind"
+        served = self.served_fingerprint(target, old.certificate)
+        if served is not None:
+            assert served == old.fingerprint
 
     def test_preflight_refuses_a_mismatched_key_before_writing(
         self, connector: Connector, target: TargetSpec, make_deployment: Callable[..., Deployment]
@@ -412,11 +455,10 @@ class ConnectorConformance:
         good = make_deployment("alpha")
         other = make_deployment("other")
         bad = replace(good, key_pem=other.key_pem)
+        before = self._observe(connector, target, good)
         with pytest.raises(PreflightFailed):
             self._deploy(connector, target, bad)
-        seen = self._observe(connector, target, good)
-        assert seen.fingerprint is None
-        assert all(sha is None for sha in seen.files.values())
+        self._assert_untouched(connector, target, good, before)
 
     def test_failed_reload_rolls_back(
         self, connector: Connector, target: TargetSpec, make_deployment: Callable[..., Deployment]
@@ -446,13 +488,41 @@ class ConnectorConformance:
         if validate_only is None:
             pytest.skip(f"{connector.name} has no dry run")
         dep = make_deployment("alpha")
+        before = self._observe(connector, target, dep)
         lines = validate_only(
             sandbox_for(connector, target), ChangeSet(target=target, deployments=(dep,))
         )
         assert lines and any("alpha" in line for line in lines)
+        self._assert_untouched(connector, target, dep, before)
+
+    def _assert_untouched(
+        self, connector: Connector, target: TargetSpec, dep: Deployment, before: Any
+    ) -> None:
+        """Nothing changed since `before`: empty, or the seed still on disk and served."""
         seen = self._observe(connector, target, dep)
-        assert seen.fingerprint is None
-        assert all(sha is None for sha in seen.files.values())
+        assert seen.fingerprint == before.fingerprint
+        assert seen.files == before.files
+        if not self.seed:
+            assert seen.fingerprint is None
+            assert all(sha is None for sha in seen.files.values())
+            return
+        seeds = {d.certificate: d.fingerprint for d in self.seed_deployments()}
+        assert seen.fingerprint == seeds.get(dep.certificate)
+        served = self.served_fingerprint(target, dep.certificate)
+        if served is not None:
+            assert served == seeds.get(dep.certificate)
+
+
+_TRUE = "/bin/true"
+
+
+def _assert_keys_not_world_readable(files: Mapping[str, str]) -> None:
+    """Every written file that holds a private key is closed to "other" (0600/0640)."""
+    for path in files:
+        file = Path(path)
+        if file.is_file() and b"PRIVATE KEY-----" in file.read_bytes():
+            mode = file.stat().st_mode & 0o777
+            assert mode & 0o007 == 0, f"{path} holds a private key and has mode {mode:o}"
 
 
 def _listing(files: Mapping[str, str | None]) -> dict[str, list[str]]:

@@ -11,7 +11,7 @@ import pytest
 
 from certgit.connectors.errors import ReloadFailed, ValidateFailed, VerifyMismatch
 from certgit.connectors.model import ChangeSet, Deployment, DeployReport, TargetSpec, VerifyConfig
-from certgit.connectors.sdk.conformance import make_bundle
+from certgit.connectors.sdk.conformance import ConnectorConformance, make_bundle
 from certgit.connectors.sdk.registry import load_connector, sandbox_for
 
 
@@ -224,3 +224,71 @@ class ServerAcceptance:
         assert env.on_disk() == before
         assert env.reloads() == 2  # the deploy's reload and the rollback's
         assert wait_served(env.server.port, self.server_name, env.old.fingerprint)
+
+
+# -- the conformance suite against servers that need their files at start --------------------
+
+
+class SeededServerConformance(ConnectorConformance):
+    """ConnectorConformance against a real server started on seeded certificate files.
+
+    Apache, HAProxy and Caddy's `load_files` refuse to start without their
+    certificate files, so the suite seeds the target (`seed = True`: the
+    connector deploys certificates of the suite's own for every name it uses)
+    and `start_server` starts the server built by `make_server` on them. The
+    suite's deploys then replace served certificates, as they would in use.
+    """
+
+    seed = True
+    target_type = ""
+
+    def make_server(self, tmp_path: Path, directory: Path) -> Any:
+        """The (not yet started) server whose config reads the files in `directory`."""
+        raise NotImplementedError
+
+    def make_target(self, tmp_path: Path) -> TargetSpec:
+        directory = tmp_path / "certs"
+        server = self.make_server(tmp_path, directory)
+        self.__dict__["_server"] = server
+        return make_target(
+            tmp_path,
+            self.target_type or self.connector_name,
+            {
+                "directory": str(directory),
+                "validateCommand": server.validate_argv(),
+                "reloadCommand": server.reload_argv(),
+            },
+        )
+
+    def start_server(self, target: TargetSpec) -> None:
+        from tests.integration.servers import served_fingerprint
+
+        server = self.__dict__["_server"]
+        self.__dict__["_started"] = True  # stop it at teardown even if start fails half-way
+        server.start()
+        first = self.seed_deployments()[0]
+        assert served_fingerprint(server.port, first.dns_names[0]) == first.fingerprint
+
+    def served_fingerprint(self, target: TargetSpec, certificate: str) -> str | None:
+        """What the server serves for `certificate`, once it serves what is on disk.
+
+        Reloads finish asynchronously (graceful restarts, new workers), so wait
+        (bounded) for the fingerprint on disk before sampling.
+        """
+        from tests.integration.servers import served_fingerprint, wait_served
+
+        server = self.__dict__["_server"]
+        name = self.dns_names_for(certificate)[0]
+        connector = load_connector(self.connector_name)
+        on_disk = connector.observe(
+            sandbox_for(connector, target), target, certificate, {}
+        ).fingerprint
+        if on_disk is not None:
+            wait_served(server.port, name, on_disk, timeout=5.0)
+        return served_fingerprint(server.port, name)
+
+    @pytest.fixture(autouse=True)
+    def _stop_server(self) -> Iterator[None]:
+        yield
+        if self.__dict__.get("_started"):
+            self.__dict__["_server"].stop()

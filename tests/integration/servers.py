@@ -159,7 +159,13 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A daemonised server's parent is gone, so it stays a zombie until init reaps it
+    # (seconds in some containers): a zombie has exited and holds no port.
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat_line.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _port_open(port: int) -> bool:

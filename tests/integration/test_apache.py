@@ -14,6 +14,7 @@ import pytest
 from certgit.connectors.errors import PreflightFailed
 from certgit.connectors.model import Deployment
 from tests.integration.conftest import (
+    SeededServerConformance,
     ServerAcceptance,
     ServerEnv,
     deploy,
@@ -24,6 +25,7 @@ from tests.integration.conftest import (
 from tests.integration.servers import (
     ApacheServer,
     Site,
+    free_port,
     require_binary,
     served_fingerprint,
     start_apache,
@@ -102,3 +104,16 @@ def test_weak_rsa_key_is_refused_before_anything_is_written(tmp_path: Path, stop
     assert sha256_file(ssl_dir / "certs" / "web.crt") == before
     assert server.reload_count() == 0
     assert served_fingerprint(server.port, "web.example.test") == old.fingerprint
+
+
+class TestApacheConformance(SeededServerConformance):
+    """The SDK's conformance suite against a real apache2: one vhost per suite certificate."""
+
+    connector_name = "apache"
+
+    def make_server(self, tmp_path: Path, directory: Path) -> ApacheServer:
+        require_binary("apache2")
+        sites = [
+            _site(directory, self.dns_names_for(name)[0], name) for name in self.certificate_names
+        ]
+        return ApacheServer(root=tmp_path / "apache", port=free_port(), sites=tuple(sites))

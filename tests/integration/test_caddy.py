@@ -21,10 +21,18 @@ from certgit.connectors.sdk.grants import Grants
 from certgit.connectors.sdk.registry import load_connector, sandbox_for
 from certgit.connectors.sdk.sandbox import Sandbox
 from certgit.connectors.sdk.transport import LocalTransport
-from tests.integration.conftest import ServerAcceptance, ServerEnv, deploy, issue, make_target
+from tests.integration.conftest import (
+    SeededServerConformance,
+    ServerAcceptance,
+    ServerEnv,
+    deploy,
+    issue,
+    make_target,
+)
 from tests.integration.servers import (
     CaddyServer,
     Site,
+    free_port,
     require_binary,
     served_fingerprint,
     start_caddy,
@@ -57,6 +65,22 @@ class TestCaddyFilesAcceptance(ServerAcceptance):
         config = server.config()
         config["apps"]["tls"]["no_such_field"] = True  # type: ignore[index]
         server.config_path.write_text(json.dumps(config))
+
+
+class TestCaddyFilesConformance(SeededServerConformance):
+    """The SDK's conformance suite against a real Caddy loading the files (`load_files`)."""
+
+    connector_name = "caddy"
+
+    def make_server(self, tmp_path: Path, directory: Path) -> CaddyServer:
+        require_binary("caddy")
+        sites = [
+            Site(self.dns_names_for(name)[0], directory / f"{name}.crt", directory / f"{name}.key")
+            for name in self.certificate_names
+        ]
+        return CaddyServer(
+            root=tmp_path / "caddy", port=free_port(), admin_port=free_port(), sites=tuple(sites)
+        )
 
 
 # -- admin-API mode -------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from certgit.connectors.model import Deployment
-from tests.integration.conftest import ServerAcceptance, ServerEnv
-from tests.integration.servers import HAProxyServer, require_binary, start_haproxy
+from tests.integration.conftest import SeededServerConformance, ServerAcceptance, ServerEnv
+from tests.integration.servers import HAProxyServer, free_port, require_binary, start_haproxy
 
 
 def _combined(deployment: Deployment) -> bytes:
@@ -37,3 +37,15 @@ class TestHAProxyAcceptance(ServerAcceptance):
     def break_config(self, env: ServerEnv) -> None:
         server: HAProxyServer = env.server
         server.write_config(extra="    this-is-not-a-keyword on")
+
+
+class TestHAProxyConformance(SeededServerConformance):
+    """The SDK's conformance suite against a real HAProxy loading every PEM of the directory."""
+
+    connector_name = "haproxy"
+
+    def make_server(self, tmp_path: Path, directory: Path) -> HAProxyServer:
+        require_binary("haproxy")
+        root = tmp_path / "haproxy"
+        root.mkdir()  # reload_argv() writes its script there before the start
+        return HAProxyServer(root=root, port=free_port(), crt=directory)
