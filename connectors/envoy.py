@@ -40,27 +40,16 @@ class EnvoyConnector(FileConnector):
 
     def file_specs(self, target: TargetSpec, deployment: Deployment) -> list[FileSpec]:
         """The fullchain and key files, then the SDS file naming them (renamed in last)."""
-        specs = super().file_specs(target, deployment)
-        by_role = {spec.role: spec.path for spec in specs}
-        cert = by_role.get("fullchain") or by_role.get("certificate")
-        key = by_role.get("key")
-        if cert is None or key is None:
-            return specs
-        settings = self.settings(target)
-        secret = str((target.settings or {}).get("secretName") or "{name}")
-        specs.append(
-            FileSpec(
-                path=self.sds_path(target, deployment.certificate),
-                content=sds_secret(secret.replace("{name}", deployment.certificate), cert, key),
-                mode=settings.mode,
-                owner=settings.owner,
-                group=settings.group,
-                default_mode=self.default_mode,
-                certificate=deployment.certificate,
-                role="sds",
-            )
+        name = str((target.settings or {}).get("secretName") or "{name}")
+        secret = name.replace("{name}", deployment.certificate)
+        return self.with_companion(
+            target,
+            deployment,
+            super().file_specs(target, deployment),
+            self.sds_path(target, deployment.certificate),
+            lambda cert, key: sds_secret(secret, cert, key),
+            role="sds",
         )
-        return specs
 
     def removal_paths(self, target: TargetSpec, removal: Removal) -> list[str]:
         """The binding's files and its SDS file."""

@@ -46,25 +46,14 @@ class TraefikConnector(FileConnector):
         path = self.dynamic_path(target, deployment.certificate)
         if path is None:
             return specs
-        by_role = {spec.role: spec.path for spec in specs}
-        cert = by_role.get("fullchain") or by_role.get("certificate")
-        key = by_role.get("key")
-        if cert is None or key is None:
-            return specs
-        settings = self.settings(target)
-        specs.append(
-            FileSpec(
-                path=path,
-                content=dynamic_config(deployment.certificate, cert, key),
-                mode=settings.mode,
-                owner=settings.owner,
-                group=settings.group,
-                default_mode=self.default_mode,
-                certificate=deployment.certificate,
-                role="other",
-            )
+        return self.with_companion(
+            target,
+            deployment,
+            specs,
+            path,
+            lambda cert, key: dynamic_config(deployment.certificate, cert, key),
+            role="other",
         )
-        return specs
 
     def removal_paths(self, target: TargetSpec, removal: Removal) -> list[str]:
         """The binding's files and its dynamic-config file."""

@@ -310,6 +310,40 @@ class FileConnector:
             )
         return specs
 
+    def with_companion(
+        self,
+        target: TargetSpec,
+        deployment: Deployment,
+        specs: list[FileSpec],
+        path: str,
+        render: Callable[[str, str], bytes],
+        role: str,
+    ) -> list[FileSpec]:
+        """`specs` plus a config file that names the certificate and key files.
+
+        For servers that watch a config file rather than reload (Envoy SDS,
+        Traefik dynamic config): `render(cert_path, key_path)` gives its content.
+        It is written last, so the files it names are in place when it appears.
+        Without both a certificate and a key file there is nothing to name.
+        """
+        by_role = {spec.role: spec.path for spec in specs}
+        cert = by_role.get("fullchain") or by_role.get("certificate")
+        key = by_role.get("key")
+        if cert is None or key is None:
+            return specs
+        settings = self.settings(target)
+        companion = FileSpec(
+            path=path,
+            content=render(cert, key),
+            mode=settings.mode,
+            owner=settings.owner,
+            group=settings.group,
+            default_mode=self.default_mode,
+            certificate=deployment.certificate,
+            role=role,
+        )
+        return [*specs, companion]
+
     def removal_paths(self, target: TargetSpec, removal: Removal) -> list[str]:
         """The files a removal deletes: every path the binding would have written."""
         return list(self.paths(target, removal.certificate, removal.overrides).values())
