@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from certgit.reconciler.store.sqlite import Store, _ts
+from certgit.reconciler.store.sqlite import Store, db_timestamp
 
 RUNNABLE = ("PENDING", "RETRY_WAIT", "RUNNING")
 TERMINAL = ("COMPLETED", "FAILED", "ABANDONED", "CANCELLED")
@@ -118,7 +118,7 @@ def claim(
     Runnable: PENDING; RETRY_WAIT whose next attempt is due; RUNNING whose
     lease expired or whose owner process died.
     """
-    stamp = _ts(now)
+    stamp = db_timestamp(now)
     with store.transaction() as conn:
         sql = (
             "SELECT id, lease_owner, state, lease_until, next_attempt_at FROM outbox "
@@ -139,7 +139,7 @@ def claim(
                 ids.append(row_id)
         if not ids:
             return []
-        until = _ts(now + lease)
+        until = db_timestamp(now + lease)
         conn.executemany(
             "UPDATE outbox SET state = 'RUNNING', lease_owner = ?, lease_until = ?, "
             "attempts = attempts + 1, updated_at = ? WHERE id = ?",
@@ -206,14 +206,21 @@ def _finish(
 ) -> int:
     if not messages:
         return 0
-    stamp = _ts(now)
+    stamp = db_timestamp(now)
     with store.transaction() as conn:
         cur = conn.executemany(
             "UPDATE outbox SET state = ?, lease_owner = NULL, lease_until = NULL, "
             "last_error = ?, next_attempt_at = ?, updated_at = ? "
             "WHERE id = ? AND state = 'RUNNING' AND lease_owner = ?",
             [
-                (state, error, None if next_at is None else _ts(next_at), stamp, m.id, owner)
+                (
+                    state,
+                    error,
+                    None if next_at is None else db_timestamp(next_at),
+                    stamp,
+                    m.id,
+                    owner,
+                )
                 for m in messages
             ],
         )
@@ -228,7 +235,7 @@ def supersede(store: Store, plan_hash: str, now: datetime) -> int:
     does not reset the retry schedule. Leased messages of live workers and
     operator (rollback) messages are left alone.
     """
-    stamp = _ts(now)
+    stamp = db_timestamp(now)
     with store.transaction() as conn:
         old = conn.execute(
             "SELECT id, action_id, state, attempts, next_attempt_at, last_error, lease_owner, "

@@ -55,7 +55,7 @@ _VERSION_COLUMNS = (
 )
 
 
-def _ts(at: datetime) -> str:
+def db_timestamp(at: datetime) -> str:
     """Datetime → fixed-width ISO-8601 UTC text. Naive datetimes are a caller bug."""
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError(f"timestamp {at!r} has no timezone: pass an aware UTC datetime")
@@ -291,10 +291,10 @@ class Store:
                 version,
                 fingerprint,
                 format(leaf.serial_number, "x"),
-                _ts(leaf.not_valid_before_utc),
-                _ts(leaf.not_valid_after_utc),
+                db_timestamp(leaf.not_valid_before_utc),
+                db_timestamp(leaf.not_valid_after_utc),
                 spec_hash,
-                _ts(issued_at),
+                db_timestamp(issued_at),
             )
             conn.execute(
                 f"INSERT INTO certificate_versions ({_VERSION_COLUMNS}, cert_pem, chain_pem,"
@@ -355,7 +355,7 @@ class Store:
             cur = conn.execute(
                 "UPDATE certificate_versions SET retired_at = ? "
                 "WHERE certificate = ? AND version = ? AND retired_at IS NULL",
-                (_ts(at), certificate, version),
+                (db_timestamp(at), certificate, version),
             )
         return cur.rowcount > 0
 
@@ -372,7 +372,7 @@ class Store:
         error: str | None = None,
     ) -> None:
         """Record a deploy attempt. A failure keeps the last successful fingerprint/version."""
-        stamp = _ts(at)
+        stamp = db_timestamp(at)
         with self.transaction() as conn:
             if error is None:
                 conn.execute(
@@ -424,7 +424,7 @@ class Store:
                 "ON CONFLICT (target, COALESCE(certificate, '')) DO UPDATE SET "
                 "fingerprint = excluded.fingerprint, reason = excluded.reason, "
                 "created_by = excluded.created_by, created_at = excluded.created_at",
-                (target, certificate, fingerprint, reason, created_by, _ts(at)),
+                (target, certificate, fingerprint, reason, created_by, db_timestamp(at)),
             )
 
     def release_hold(self, target: str, certificate: str | None = None) -> int:
@@ -455,7 +455,7 @@ class Store:
         With ``enqueue`` the plan's non-gated actions become PENDING outbox rows in
         the same transaction (the outbox pattern); re-enqueueing is a no-op.
         """
-        stamp = _ts(at)
+        stamp = db_timestamp(at)
         with self.transaction() as conn:
             row = conn.execute("SELECT id FROM plans WHERE hash = ?", (plan_hash,)).fetchone()
             if row is not None:
@@ -521,7 +521,7 @@ class Store:
                     f"plan {plan_hash} has no action {sorted(unknown)[0]!r}: the plan may "
                     "have changed, run `certgit plan` again"
                 )
-            return self._enqueue(conn, plan_hash, chosen, _ts(at))
+            return self._enqueue(conn, plan_hash, chosen, db_timestamp(at))
 
     def get_plan(self, plan_hash: str) -> dict[str, Any] | None:
         """The saved plan: id, hash, commit, created_at, actions (as saved); None if unknown."""
@@ -585,7 +585,7 @@ class Store:
             conn.execute(
                 "INSERT INTO approvals (plan_hash, action_id, decision, actor, reason, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (plan_hash, action_id, decision, actor, reason, _ts(at)),
+                (plan_hash, action_id, decision, actor, reason, db_timestamp(at)),
             )
 
     def approvals(self, plan_hash: str) -> list[dict[str, Any]]:
@@ -663,7 +663,7 @@ class Store:
         ``details`` must hold no secrets (fingerprints and names only); JSON that
         contains "PRIVATE KEY" is refused with `StoreError`.
         """
-        stamp = _ts(at)
+        stamp = db_timestamp(at)
         with self.transaction() as conn:
             return _audit.append(conn, stamp, actor, action, subject, details)
 
