@@ -9,18 +9,22 @@ abort UPDATE and DELETE; `verify_chain` catches what bypasses them (a dropped
 trigger, a hand-edited file).
 
 Callers pass no secrets in ``details``: fingerprints and names, never key
-material. `record_text` refuses any record whose JSON contains "PRIVATE KEY".
+material. As a defence, `append` stores `redact(details)`: every PEM block in
+every string becomes "[redacted PEM block]". Nothing is refused for mentioning
+a private key: server output such as HAProxy's "No Private Key found in '…'"
+is recorded verbatim, and an audit write never aborts a run.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from certgit.reconciler.errors import AuditChainBroken, StoreError
+from certgit.reconciler.errors import AuditChainBroken
 from certgit.reconciler.model import canonical_json, sha256_hex
 
 __all__ = [
@@ -30,12 +34,21 @@ __all__ = [
     "chain_hash",
     "details_json",
     "read_entries",
+    "redact",
     "verify",
     "verify_chain",
 ]
 
 GENESIS_HASH = "0" * 64
-_FORBIDDEN = "PRIVATE KEY"
+REDACTED_PEM = "[redacted PEM block]"
+REDACTED_TEXT = "[redacted: text held private key material]"
+
+# A PEM block: BEGIN line, anything, END line; an unterminated BEGIN runs to the end.
+_PEM_BLOCK = re.compile(
+    r"-----BEGIN [^\r\n]*?-----.*?(?:-----END [^\r\n]*?-----|\Z)", re.DOTALL
+)
+# What must never survive redaction, however mangled the block around it.
+_KEY_HEADER = re.compile(r"-----BEGIN.*?PRIVATE KEY-----", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -52,16 +65,41 @@ class AuditEntry:
     hash: str
 
 
+def _redact_text(text: str) -> str:
+    text = _PEM_BLOCK.sub(REDACTED_PEM, text)
+    return REDACTED_TEXT if _KEY_HEADER.search(text) else text
+
+
+def redact(value: Any) -> Any:
+    """``value`` with every PEM block in every string (keys and values, recursively)
+    replaced by "[redacted PEM block]".
+
+    Why: audit details carry error text from servers and tools, and that text
+    is not ours to vet. It may legitimately say "private key" (HAProxy 2.6 prints
+    ``No Private Key found in '…'`` when validate fails), and refusing such a
+    record used to abort a whole apply halfway through its bookkeeping (files on
+    disk recorded as missing, outbox rows stuck RUNNING). So nothing is refused
+    for its words; only PEM blocks (``-----BEGIN <label>-----`` to the matching
+    ``-----END <label>-----``, or to the end of the string when unterminated)
+    are cut out, since key material must never reach the log. Defence in depth:
+    a string that still holds ``-----BEGIN`` … ``PRIVATE KEY-----`` after that
+    is replaced wholly. Dicts, lists and tuples are walked (tuples become lists,
+    as JSON would); other values are returned unchanged.
+    """
+    if isinstance(value, str):
+        return _redact_text(value)
+    if isinstance(value, Mapping):
+        return {
+            (_redact_text(k) if isinstance(k, str) else k): redact(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
 def details_json(details: Mapping[str, Any]) -> str:
-    """Canonical JSON of ``details``; `StoreError` if it would record key material."""
-    text = canonical_json(dict(details))
-    if _FORBIDDEN in text.upper():
-        # Raised before anything is written; the message never echoes the details.
-        raise StoreError(
-            "refusing to write private key material into the audit log: pass "
-            "fingerprints or names in audit details, never key PEM"
-        )
-    return text
+    """Canonical JSON of `redact(details)`: PEM blocks cut out, never refused for words."""
+    return canonical_json(redact(dict(details)))
 
 
 def chain_hash(

@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from certgit.reconciler.errors import AuditChainBroken, StoreError
+from certgit.reconciler.errors import AuditChainBroken
 from certgit.reconciler.store import GENESIS_HASH, Store
-from certgit.reconciler.store.audit import AuditEntry, chain_hash, verify_chain
+from certgit.reconciler.store.audit import (
+    REDACTED_TEXT,
+    AuditEntry,
+    chain_hash,
+    redact,
+    verify_chain,
+)
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -153,12 +159,65 @@ def test_deleted_head_detected(store: Store) -> None:
         store.verify_audit()
 
 
-def test_private_key_refused_in_details(store: Store) -> None:
+def test_private_key_words_stored_verbatim(store: Store) -> None:
+    # HAProxy 2.6's validate failure: recording it must never abort a run.
+    error = "[ALERT] (1) : No Private Key found in '/x'"
+    seq = store.audit("alice", "deploy", "web", {"error": error, "also": "private key"}, NOW)
+    assert store.audit_rows(since_seq=seq - 1)[0]["details"] == {
+        "error": error,
+        "also": "private key",
+    }
+    assert store.verify_audit() == 6
+
+
+def test_pem_key_block_inside_error_is_redacted(store: Store) -> None:
     secret = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMG\n-----END PRIVATE KEY-----\n"
-    with pytest.raises(StoreError, match="private key material") as info:
-        store.audit("alice", "deploy", "web", {"material": {"key": secret}}, NOW)
-    assert "MIGHAgEAMBMG" not in str(info.value)
-    assert store.verify_audit() == 5  # nothing written
+    seq = store.audit(
+        "alice", "deploy", "web", {"error": f"nginx said: {secret}and gave up"}, NOW
+    )
+    (text,) = store.connection.execute(
+        "SELECT details_json FROM audit_log WHERE seq = ?", (seq,)
+    ).fetchone()
+    assert "MIGHAgEAMBMG" not in text and "PRIVATE KEY" not in text
+    details = store.audit_rows(since_seq=seq - 1)[0]["details"]
+    assert details == {"error": "nginx said: [redacted PEM block]\nand gave up"}
+    assert store.verify_audit() == 6
+
+
+def test_nested_details_are_redacted(store: Store) -> None:
+    key = "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----"
+    cert = "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----"
+    details = {
+        "material": {"key": key, "list": ["ok", cert, {"deep": (1, key)}]},
+        "n": 3,
+        "flag": True,
+        "none": None,
+    }
+    seq = store.audit("alice", "deploy", "web", details, NOW)
+    assert store.audit_rows(since_seq=seq - 1)[0]["details"] == {
+        "material": {
+            "key": "[redacted PEM block]",
+            "list": ["ok", "[redacted PEM block]", {"deep": [1, "[redacted PEM block]"]}],
+        },
+        "n": 3,
+        "flag": True,
+        "none": None,
+    }
+
+
+def test_redact_edge_cases() -> None:
+    # An unterminated block (truncated output) is cut to the end of the string.
+    assert redact("out: -----BEGIN RSA PRIVATE KEY-----\nMIIE") == "out: [redacted PEM block]"
+    # Two blocks, text between them kept.
+    assert (
+        redact("a -----BEGIN X-----\n1\n-----END X----- b -----BEGIN Y-----\n2\n-----END Y----- c")
+        == "a [redacted PEM block] b [redacted PEM block] c"
+    )
+    # A mangled header that slips past the block pattern: the whole string goes.
+    mangled = "x -----BEGIN\nPRIVATE KEY-----\nMIGH"
+    assert redact(mangled) == REDACTED_TEXT
+    assert redact({"-----BEGIN A-----\nk\n-----END A-----": 1}) == {"[redacted PEM block]": 1}
+    assert redact(5) == 5 and redact("No private key") == "No private key"
 
 
 def test_verify_chain_pure() -> None:
