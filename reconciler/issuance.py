@@ -29,6 +29,7 @@ from certgit.reconciler.model import (
     KeyAlgorithm,
     KeyRotation,
 )
+from certgit.reconciler.renewal import renew_before_for
 from certgit.reconciler.sealing import load_master_key
 from certgit.reconciler.store import Store
 
@@ -41,10 +42,14 @@ def ca_passphrase(master_key: bytes) -> bytes:
 
 
 def needs_new_version(cert: Certificate, latest: CertificateVersion | None, now: datetime) -> bool:
-    """True when no version exists, the spec changed, or the latest is inside renewBefore."""
+    """True when no version exists, the spec changed, or the latest is inside its renewal window.
+
+    The window comes from the latest version's real lifetime (`renew_before_for`),
+    so a leaf cut short by its CA is not due again the moment it is issued.
+    """
     if latest is None or latest.spec_hash != cert.spec_hash():
         return True
-    return latest.not_after - now <= cert.effective_renew_before()
+    return latest.not_after - now <= renew_before_for(cert, latest)
 
 
 @dataclass(frozen=True)
@@ -143,4 +148,4 @@ class Issuance:
 
 def renewal_horizon(cert: Certificate, version: CertificateVersion) -> datetime:
     """When `version` of `cert` becomes due for renewal."""
-    return version.not_after - max(cert.effective_renew_before(), timedelta(0))
+    return version.not_after - max(renew_before_for(cert, version), timedelta(0))

@@ -33,6 +33,7 @@ from certgit.reconciler.model import (
     canonical_json,
     sha256_hex,
 )
+from certgit.reconciler.renewal import renew_before_for
 
 # Within one certificate: issue/renew before deploys before removes.
 _KIND_ORDER = {
@@ -178,7 +179,7 @@ def format_span(delta: timedelta) -> str:
 
 def _renewal_due(cert: Certificate, version: CertificateVersion, now: datetime) -> str | None:
     """The reason a renewal is due, or None."""
-    renew_before = cert.effective_renew_before()
+    renew_before = renew_before_for(cert, version)
     remaining = version.not_after - now
     if remaining <= timedelta(0):
         return f"expired {format_span(-remaining)} ago"
@@ -274,7 +275,7 @@ def diff(
                 new_version, drift, reason = ActionKind.RENEW, Drift.EXPIRING, due
                 stable_until = now  # the reason's "in 12d" moves with the clock
             else:
-                stable_until = min(stable_until, latest.not_after - cert.effective_renew_before())
+                stable_until = min(stable_until, latest.not_after - renew_before_for(cert, latest))
         if new_version is not None:
             actions.append(
                 Action(
