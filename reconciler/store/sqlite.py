@@ -41,7 +41,6 @@ from certgit.reconciler.sealing import (
     load_master_key,
 )
 from certgit.reconciler.store import audit as _audit
-from certgit.reconciler.store import history as _history
 from certgit.reconciler.store.migrate import connect, migrate
 
 __all__ = ["DB_FILE_NAME", "LAST_APPLIED_COMMIT", "LAST_SEEN_COMMIT", "Store"]
@@ -54,7 +53,6 @@ _META_KEY_ID = "master_key_id"
 _VERSION_COLUMNS = (
     "certificate, version, fingerprint, serial, not_before, not_after, spec_hash, issued_at"
 )
-_VERSION_COLUMNS_SPEC = _VERSION_COLUMNS + ", spec_json"
 
 
 def db_timestamp(at: datetime) -> str:
@@ -104,14 +102,7 @@ def _version_from_row(row: Sequence[Any]) -> CertificateVersion:
         not_after=_dt(row[5]),
         spec_hash=row[6],
         issued_at=_dt(row[7]),
-        spec_json=row[8] if len(row) > 8 else None,
     )
-
-
-def _files(text: str | None) -> tuple[tuple[str, str, str], ...]:
-    if not text:
-        return ()
-    return tuple((str(p), str(r), str(h)) for p, r, h in json.loads(text))
 
 
 def _key_aad(certificate: str, fingerprint: str) -> bytes:
@@ -268,12 +259,8 @@ class Store:
         key_pem: bytes,
         spec_hash: str,
         issued_at: datetime,
-        spec: Mapping[str, Any] | None = None,
     ) -> CertificateVersion:
-        """Record a newly issued certificate as the next version; the key is sealed.
-
-        `spec` is what it was issued from (Certificate.issued_spec()), kept for field diffs.
-        """
+        """Record a newly issued certificate as the next version; the key is sealed."""
         try:
             leaf = x509.load_pem_x509_certificate(cert_pem)
         except ValueError:
@@ -309,13 +296,12 @@ class Store:
                 spec_hash,
                 db_timestamp(issued_at),
             )
-            spec_json = None if spec is None else canonical_json(dict(spec))
             conn.execute(
-                f"INSERT INTO certificate_versions ({_VERSION_COLUMNS}, spec_json, cert_pem, "
-                "chain_pem, key_sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*row, spec_json, cert_pem, chain_pem, sealed),
+                f"INSERT INTO certificate_versions ({_VERSION_COLUMNS}, cert_pem, chain_pem,"
+                " key_sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, cert_pem, chain_pem, sealed),
             )
-        return _version_from_row((*row, spec_json))
+        return _version_from_row(row)
 
     @staticmethod
     def _check_key_pair(certificate: str, leaf: x509.Certificate, key_pem: bytes) -> None:
@@ -357,7 +343,7 @@ class Store:
         CertificateVersion
     ]:
         """Every recorded version of one certificate, oldest first."""
-        sql = f"SELECT {_VERSION_COLUMNS_SPEC} FROM certificate_versions WHERE certificate = ?"
+        sql = f"SELECT {_VERSION_COLUMNS} FROM certificate_versions WHERE certificate = ?"
         if not include_retired:
             sql += " AND retired_at IS NULL"
         rows = self._conn.execute(sql + " ORDER BY version", (certificate,)).fetchall()
@@ -384,50 +370,21 @@ class Store:
         version: int | None,
         at: datetime,
         error: str | None = None,
-        files: Sequence[tuple[str, str, str]] | None = None,
-        config: tuple[str, str] | None = None,
-        history: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record a deploy attempt. A failure keeps the last successful fingerprint/version.
-
-        On success `files` ((path, role, sha256) written) and `config` ((hash, json) of
-        the binding config) replace the recorded ones, and `history` (kind, actor,
-        commit, plan_hash, action_id) appends a deploy_history row when the version
-        served on the target changed (or the files were repaired).
-        """
+        """Record a deploy attempt. A failure keeps the last successful fingerprint/version."""
         stamp = db_timestamp(at)
         with self.transaction() as conn:
             if error is None:
-                before = conn.execute(
-                    "SELECT fingerprint, version FROM deployments "
-                    "WHERE certificate = ? AND target = ?",
-                    (certificate, target),
-                ).fetchone()
-                files_json = None if files is None else canonical_json([list(f) for f in files])
-                config_hash, config_json = config if config is not None else (None, None)
                 conn.execute(
                     "INSERT INTO deployments (certificate, target, fingerprint, version, "
-                    "updated_at, last_error, attempts, last_attempt_fingerprint, files_json, "
-                    "config_hash, config_json) "
-                    "VALUES (?, ?, ?, ?, ?, NULL, 0, ?, ?, ?, ?) "
+                    "updated_at, last_error, attempts, last_attempt_fingerprint) "
+                    "VALUES (?, ?, ?, ?, ?, NULL, 0, ?) "
                     "ON CONFLICT (certificate, target) DO UPDATE SET "
                     "fingerprint = excluded.fingerprint, version = excluded.version, "
                     "updated_at = excluded.updated_at, last_error = NULL, attempts = 0, "
-                    "last_attempt_fingerprint = excluded.last_attempt_fingerprint, "
-                    "files_json = COALESCE(excluded.files_json, deployments.files_json), "
-                    "config_hash = COALESCE(excluded.config_hash, deployments.config_hash), "
-                    "config_json = COALESCE(excluded.config_json, deployments.config_json)",
-                    (certificate, target, fingerprint, version, stamp, fingerprint,
-                     files_json, config_hash, config_json),
+                    "last_attempt_fingerprint = excluded.last_attempt_fingerprint",
+                    (certificate, target, fingerprint, version, stamp, fingerprint),
                 )
-                if history is not None and fingerprint is not None and version is not None:
-                    changed = before is None or before[0] != fingerprint
-                    if changed or history.get("kind") in ("repair", "rollback"):
-                        _history.append(
-                            conn, certificate, target, version, fingerprint,
-                            before[1] if before else None, before[0] if before else None,
-                            history, stamp,
-                        )
             else:
                 conn.execute(
                     "INSERT INTO deployments (certificate, target, fingerprint, version, "
@@ -440,35 +397,13 @@ class Store:
                     (certificate, target, stamp, error, fingerprint),
                 )
 
-    def remove_deployment(
-        self,
-        certificate: str,
-        target: str,
-        *,
-        at: datetime | None = None,
-        history: Mapping[str, Any] | None = None,
-    ) -> None:
+    def remove_deployment(self, certificate: str, target: str) -> None:
         """Forget a binding's deployment (after a successful remove action)."""
         with self.transaction() as conn:
-            before = conn.execute(
-                "SELECT fingerprint, version FROM deployments WHERE certificate = ? AND target = ?",
-                (certificate, target),
-            ).fetchone()
             conn.execute(
                 "DELETE FROM deployments WHERE certificate = ? AND target = ?",
                 (certificate, target),
             )
-            if history is not None and at is not None and before and before[0] is not None:
-                _history.append(
-                    conn, certificate, target, int(before[1] or 0), str(before[0]),
-                    before[1], before[0], {**history, "kind": "remove"}, db_timestamp(at),
-                )
-
-    def deploy_history(
-        self, target: str | None = None, certificate: str | None = None
-    ) -> list[_history.HistoryEntry]:
-        """Versions that went live per (certificate, target), oldest first."""
-        return _history.read(self._conn, target=target, certificate=certificate)
 
     # ------------------------------------------------------------------ holds
 
@@ -689,17 +624,12 @@ class Store:
         """Everything the planner needs, from one snapshot; one query per table, no blobs."""
         with self.transaction(write=False) as conn:
             version_rows = conn.execute(
-                f"SELECT {_VERSION_COLUMNS_SPEC} FROM certificate_versions "
+                f"SELECT {_VERSION_COLUMNS} FROM certificate_versions "
                 "WHERE retired_at IS NULL ORDER BY certificate, version"
             ).fetchall()
             deployment_rows = conn.execute(
                 "SELECT certificate, target, fingerprint, version, updated_at, last_error, "
-                "attempts, last_attempt_fingerprint, files_json, config_hash, config_json "
-                "FROM deployments"
-            ).fetchall()
-            abandoned_rows = conn.execute(
-                "SELECT action_id, attempts, COALESCE(last_error, '') FROM outbox "
-                "WHERE state = 'ABANDONED' ORDER BY id"
+                "attempts, last_attempt_fingerprint FROM deployments"
             ).fetchall()
             hold_rows = conn.execute(
                 "SELECT target, certificate, fingerprint, reason, created_by, created_at "
@@ -713,15 +643,7 @@ class Store:
             grouped.setdefault(row[0], []).append(_version_from_row(row))
         # Column order matches the dataclasses' field order.
         deployments = {
-            (r[0], r[1]): Deployment(
-                *r[:4],
-                _dt(r[4]),
-                *r[5:8],
-                files=_files(r[8]),
-                config_hash=r[9],
-                config_json=r[10],
-            )
-            for r in deployment_rows
+            (r[0], r[1]): Deployment(*r[:4], _dt(r[4]), *r[5:]) for r in deployment_rows
         }
         holds = tuple(Hold(*r[:5], _dt(r[5])) for r in hold_rows)
         return RecordedState(
@@ -729,7 +651,6 @@ class Store:
             deployments=deployments,
             holds=holds,
             last_applied_commit=None if commit_row is None else str(commit_row[0]),
-            abandoned={str(a): (int(n), str(e)) for a, n, e in abandoned_rows},
         )
 
     # ------------------------------------------------------------------ audit
