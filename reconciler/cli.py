@@ -176,6 +176,22 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         f"{len(desired.targets)} targets, {len(desired.policies)} policies",
         file=out,
     )
+    # Durations that outlive an existing local CA: reads CA certificates only, creates nothing.
+    from certgit.reconciler.issuance import lifetime_warnings
+
+    try:
+        source = _engine(args) if args.target_path else engine
+        warnings = lifetime_warnings(
+            desired,
+            source.settings.state_dir,
+            source.env,
+            source.clock(),
+            read_file=(lambda p: (root / p).read_bytes()) if args.target_path else None,
+        )
+    except CertgitError:
+        warnings = []  # no usable settings, so no state directory to look in
+    for warning in warnings:
+        print(warning, file=err)
     return EXIT_OK
 
 

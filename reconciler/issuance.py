@@ -12,28 +12,34 @@ runs twice after a crash never issues twice.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from certgit.reconciler.errors import IssuanceError
+from certgit.reconciler.durations import format_duration
+from certgit.reconciler.errors import CertgitError, IssuanceError
 from certgit.reconciler.issuers.keys import load_private_key
-from certgit.reconciler.issuers.local_ca import LocalCA
+from certgit.reconciler.issuers.local_ca import CA_CERT_FILE, LocalCA
 from certgit.reconciler.model import (
     Certificate,
     CertificateVersion,
     DesiredState,
+    Issuer,
     KeyAlgorithm,
     KeyRotation,
 )
 from certgit.reconciler.renewal import renew_before_for
 from certgit.reconciler.sealing import load_master_key
+from certgit.reconciler.secretref import resolve_secret
 from certgit.reconciler.store import Store
+from certgit.reconciler.yamlsafe import PositionIndex
 
 _PASSPHRASE_LABEL = b"certgit local-ca passphrase v1\x00"
+_MINUTE = timedelta(minutes=1)
 
 
 def ca_passphrase(master_key: bytes) -> bytes:
@@ -149,3 +155,81 @@ class Issuance:
 def renewal_horizon(cert: Certificate, version: CertificateVersion) -> datetime:
     """When `version` of `cert` becomes due for renewal."""
     return version.not_after - max(renew_before_for(cert, version), timedelta(0))
+
+
+def _ca_not_after(issuer: Issuer, state_dir: Path, env: Mapping[str, str]) -> datetime | None:
+    """notAfter of a local-ca issuer's CA if it already exists, read without creating anything.
+
+    Only the public certificate is read (no master key): the one given by
+    certificateRef, else `<state-dir>/ca/<issuer>/ca.crt`. None when there is
+    no CA yet or it cannot be read (apply reports that with its remedy).
+    """
+    if issuer.type != "local-ca":
+        return None
+    try:
+        if issuer.ca_certificate is not None:
+            pem = resolve_secret(issuer.ca_certificate, env=env, base_dir=state_dir)
+        else:
+            path = state_dir / "ca" / issuer.name / CA_CERT_FILE
+            if not path.is_file():
+                return None
+            pem = path.read_bytes()
+        return x509.load_pem_x509_certificates(pem)[0].not_valid_after_utc
+    except (CertgitError, OSError, ValueError, IndexError):
+        return None
+
+
+def lifetime_warnings(
+    desired: DesiredState,
+    state_dir: Path,
+    env: Mapping[str, str],
+    now: datetime,
+    *,
+    read_file: Callable[[str], bytes] | None = None,
+) -> list[str]:
+    """One `warning:` line per Certificate whose duration outlives its existing local CA.
+
+    Such a certificate still works: each version's notAfter is cut to the
+    CA's and it renews from that real lifetime. But it renews ever more often
+    as the CA nears its end, so the operator should know. Reads only existing
+    CA certificates (never creates the CA or the state directory).
+    `read_file(path)` returns a desired-state file's bytes, to add the
+    `file:line:col` of the duration; without it the warning names the file.
+    """
+    ends: dict[str, datetime | None] = {}
+    positions: dict[str, PositionIndex] = {}
+    warnings: list[str] = []
+    for name, cert in desired.certificates.items():
+        issuer = desired.issuers.get(cert.issuer_ref)
+        if issuer is None:
+            continue
+        if issuer.name not in ends:
+            ends[issuer.name] = _ca_not_after(issuer, state_dir, env)
+        ca_end = ends[issuer.name]
+        if ca_end is None:
+            continue
+        left = max(ca_end - now, timedelta(0))
+        if cert.duration <= left:
+            continue
+        # whole days (or minutes under a day): a warning needs no second-level precision
+        shown = timedelta(days=left.days) if left.days else timedelta(minutes=left // _MINUTE)
+        where = ""
+        if cert.source is not None:
+            where = f"{cert.source}: "
+            if read_file is not None:
+                try:
+                    if cert.source.path not in positions:
+                        positions[cert.source.path] = PositionIndex(read_file(cert.source.path))
+                    line, column = positions[cert.source.path].position(
+                        cert.source.index, ("spec", "duration"), False
+                    )
+                    where = f"{cert.source.path}:{line}:{column}: "
+                except OSError:
+                    pass
+        warnings.append(
+            f'warning: {where}Certificate "{name}": duration {format_duration(cert.duration)} '
+            f'outlives the CA of issuer "{issuer.name}" ({format_duration(shown)} left, '
+            f"until {ca_end:%Y-%m-%d %H:%M}Z): each version is cut to the CA's remaining life, "
+            "so it renews more and more often; renew the CA or shorten the duration"
+        )
+    return warnings

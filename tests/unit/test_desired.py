@@ -560,3 +560,45 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         for index, value in enumerate(node):
             found += _paths(value, (*prefix, index))
     return found
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "position", "text"),
+    [
+        # the schema refuses one unit above 100 years...
+        (
+            "duration: 1d12h",
+            "duration: 999999999d",
+            (12, 13),
+            'spec.duration: "999999999d" is not a duration of at most 100 years (36500d)',
+        ),
+        (
+            "renewBefore: 12h",
+            "renewBefore: 876001h",
+            (13, 16),
+            'spec.renewBefore: "876001h" is not a duration of at most 100 years (36500d)',
+        ),
+        # ...and the parser a sum of units above it
+        (
+            "duration: 1d12h",
+            "duration: 36500d1h",
+            (12, 13),
+            "spec.duration: '36500d1h' is too long: a duration is at most 100 years (36500d)",
+        ),
+    ],
+)
+def test_too_long_durations_are_positioned_problems(
+    old: str, new: str, position: tuple[int, int], text: str
+) -> None:
+    files = valid_repo()
+    files["certs/www.yaml"] = CERT.replace(old, new)
+    [(path, line, column, message)] = problems_of(files)
+    assert (path, (line, column)) == ("certs/www.yaml", position)
+    assert text in message
+
+
+def test_a_hundred_years_is_the_longest_duration() -> None:
+    files = valid_repo()
+    files["certs/www.yaml"] = CERT.replace("duration: 1d12h", "duration: 36500d")
+    desired = DesiredLoader().load(Files().entries(files), "c0ffee")
+    assert desired.certificates["www"].duration == timedelta(days=36500)

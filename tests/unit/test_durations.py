@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from certgit.reconciler.durations import format_duration, parse_duration
+from certgit.reconciler.durations import MAX_DURATION, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,32 @@ def test_valid_durations(text: str, expected: timedelta) -> None:
     ],
 )
 def test_invalid_durations_raise_with_examples(text: str) -> None:
-    with pytest.raises(ValueError, match=r"90d|longer than 0s|999999999d"):
+    with pytest.raises(ValueError, match=r"90d|longer than 0s|36500d"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["36500d", "876000h", "52560000m", "3153600000s", "36499d23h59m60s"]
+)
+def test_a_hundred_years_is_accepted(text: str) -> None:
+    assert parse_duration(text) == MAX_DURATION == timedelta(days=36500)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "36500d1s",
+        "36501d",
+        "876001h",
+        "52560001m",
+        "3153600001s",
+        "999999999d",
+        "1" + "0" * 40 + "d",
+    ],
+)
+def test_longer_than_a_hundred_years_is_refused_without_overflow(text: str) -> None:
+    # 999999999d used to pass (it is timedelta.max) and overflow `now + duration` at apply
+    with pytest.raises(ValueError, match=r"too long: a duration is at most 100 years \(36500d\)"):
         parse_duration(text)
 
 

@@ -148,6 +148,30 @@ def test_duration_pattern(bad: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        ("duration", "999999999d"),
+        ("duration", "36501d"),
+        ("duration", "1d876001h"),
+        ("duration", "52560001m"),
+        ("renewBefore", "3153600001s"),
+    ],
+)
+def test_duration_longer_than_a_hundred_years(field: str, bad: str) -> None:
+    [violation] = validate_document(certificate(**{field: bad}))
+    assert violation.path == ("spec", field)
+    assert violation.message == (
+        f'Certificate "www": spec.{field}: "{bad}" is not a duration of at most 100 years (36500d)'
+    )
+
+
+@pytest.mark.parametrize("good", ["36500d", "876000h", "52560000m", "3153600000s", "36500d1h"])
+def test_durations_up_to_a_hundred_years_per_unit_pass_the_schema(good: str) -> None:
+    # a sum of units over the cap (36500d1h) is left to the parser, which positions it too
+    assert validate_document(certificate(duration=good)) == []
+
+
 def test_unknown_kind_and_api_version() -> None:
     doc = certificate()
     doc["kind"] = "Certficate"
