@@ -20,6 +20,7 @@ from typing import ClassVar
 from certgit.connectors.errors import PreflightFailed
 from certgit.connectors.model import Deployment
 from certgit.connectors.sdk.base import FileConnector, file_roles
+from certgit.connectors.sdk.staging import APACHE, ServerTest
 
 MIN_RSA_BITS = 2048  # OpenSSL 3 security level 2, Debian's default
 
@@ -34,6 +35,7 @@ class ApacheConnector(FileConnector):
     default_directory: ClassVar[str | None] = "/etc/ssl"
     validate_command: ClassVar[tuple[str, ...] | None] = ("apachectl", "configtest")
     reload_command: ClassVar[tuple[str, ...] | None] = ("apachectl", "graceful")
+    config_test: ClassVar[ServerTest | None] = APACHE
 
     def preflight(self, deployment: Deployment) -> None:
         """The SDK preflight, plus a key-size floor that configtest cannot check."""

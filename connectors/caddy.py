@@ -42,6 +42,7 @@ from certgit.connectors.model import (
 )
 from certgit.connectors.sdk.base import FULLCHAIN_AND_KEY, FileConnector, expected_fingerprint
 from certgit.connectors.sdk.grants import Grants
+from certgit.connectors.sdk.staging import CADDY, ServerTest
 
 if TYPE_CHECKING:
     from certgit.connectors.sdk.sandbox import Sandbox
@@ -71,6 +72,7 @@ class CaddyConnector(FileConnector):
         "--config",
         "/etc/caddy/Caddyfile",
     )
+    config_test: ClassVar[ServerTest | None] = CADDY
 
     # -- mode selection -------------------------------------------------------------------
 

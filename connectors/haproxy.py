@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from certgit.connectors.sdk.base import FileConnector, file_roles
+from certgit.connectors.sdk.staging import HAPROXY, ServerTest
 
 
 class HAProxyConnector(FileConnector):
@@ -29,3 +30,4 @@ class HAProxyConnector(FileConnector):
         "/etc/haproxy/haproxy.cfg",
     )
     reload_command: ClassVar[tuple[str, ...] | None] = ("systemctl", "reload", "haproxy")
+    config_test: ClassVar[ServerTest | None] = HAPROXY

@@ -43,7 +43,9 @@ class TargetSpec:
     `settings` is the Target's type-specific `spec.settings` mapping as written
     in Git; `work_dir` is a private directory in the state dir for this target
     (journal, backups, locks); relative paths in settings resolve against
-    `base_dir` (the state directory).
+    `base_dir` (the state directory). `backup_key` (32 bytes, never in a repr)
+    seals the SDK's backup copies of the previous files; None leaves them plain
+    for the length of one apply only.
     """
 
     name: str
@@ -53,6 +55,7 @@ class TargetSpec:
     base_dir: Path
     transport: Mapping[str, Any] = field(default_factory=lambda: {"type": "local"})
     verify: VerifyConfig | None = None
+    backup_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from certgit.connectors.sdk.base import FULLCHAIN_AND_KEY, FileConnector
+from certgit.connectors.sdk.staging import NGINX, ServerTest
 
 
 class NginxConnector(FileConnector):
@@ -24,3 +25,4 @@ class NginxConnector(FileConnector):
     default_directory: ClassVar[str | None] = "/etc/nginx/ssl"
     validate_command: ClassVar[tuple[str, ...] | None] = ("nginx", "-t")
     reload_command: ClassVar[tuple[str, ...] | None] = ("nginx", "-s", "reload")
+    config_test: ClassVar[ServerTest | None] = NGINX

@@ -490,7 +490,23 @@ def default_sandbox(connector: Any, spec: TargetSpec) -> Any:
     return sandbox_for(connector, spec)
 
 
-def default_recover(transport: Any, work_dir: Path) -> list[str]:
+def default_recover(
+    transport: Any,
+    work_dir: Path,
+    backup_key: bytes | None = None,
+    *,
+    allowed_exec: Callable[[Sequence[str]], object] | None = None,
+    allowed_write: Callable[[str], object] | None = None,
+) -> list[str]:
+    """atomic.recover: `backup_key` (TargetSpec.backup_key) opens sealed backups; the
+    checks (a Sandbox's check_exec / check_write) keep an edited journal from running
+    or writing anything ungranted."""
     from certgit.connectors.sdk.atomic import recover
 
-    return recover(transport, work_dir)
+    return recover(
+        transport,
+        work_dir,
+        backup_key,
+        allowed_exec=allowed_exec,
+        allowed_write=allowed_write,
+    )

@@ -3,7 +3,8 @@
 The connector layer never imports the reconciler, so this is the one place
 that translates: Git's `spec.verify.endpoint` ("host:port", "[::1]:443")
 becomes a VerifyConfig, and every target gets a private work directory under
-the state directory for the SDK's journal, backups and locks.
+the state directory for the SDK's journal, backups and locks, and the key that
+seals those backups (derived from the master key, DESIGN §5).
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from certgit.connectors.model import TargetSpec, VerifyConfig
 from certgit.reconciler.errors import CertgitError
 from certgit.reconciler.model import Certificate, DesiredState, Target, VerifySpec
+from certgit.reconciler.sealing import load_master_key
 
 WORK_DIR_NAME = "work"
+BACKUP_KEY_INFO = b"certgit backups v1"
 
 
 class TargetConfigError(CertgitError):
@@ -65,8 +71,25 @@ def verify_config(spec: VerifySpec | None, target: str) -> VerifyConfig | None:
     return VerifyConfig(host=host, port=port, server_name=spec.server_name)
 
 
-def target_spec(target: Target, state_dir: Path) -> TargetSpec:
-    """What a connector sees of `target`; relative paths resolve against the state dir."""
+def backup_key(master_key: bytes) -> bytes:
+    """The key sealing the SDK's backups: HKDF-SHA256(master key, info b"certgit backups v1").
+
+    A key of its own rather than the master key, so backup copies and the state
+    store's sealed keys never share one; atomic.SEALED_FORMAT tells operators.
+    """
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=BACKUP_KEY_INFO)
+    return hkdf.derive(master_key)
+
+
+def target_spec(
+    target: Target, state_dir: Path, *, env: Mapping[str, str] | None = None
+) -> TargetSpec:
+    """What a connector sees of `target`; relative paths resolve against the state dir.
+
+    `backup_key` is derived from the master key (`sealing.load_master_key(state_dir,
+    env or os.environ)`); a missing or unsafe master key raises StoreError with the fix.
+    """
+    master = load_master_key(Path(state_dir), os.environ if env is None else env)
     return TargetSpec(
         name=target.name,
         type=target.type,
@@ -75,6 +98,7 @@ def target_spec(target: Target, state_dir: Path) -> TargetSpec:
         base_dir=Path(state_dir),
         transport=dict(target.transport),
         verify=verify_config(target.verify, target.name),
+        backup_key=backup_key(master),
     )
 
 

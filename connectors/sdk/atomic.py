@@ -19,6 +19,25 @@ the target's files go through the `Transport`.
 Decision on symlinks: a destination that is a symlink at apply time (it was
 swapped in after the sandbox resolved the path) is refused with DeniedError
 before anything is written; its target is never touched.
+
+Backups are sealed (DESIGN §5, keys encrypted at rest). With a `backup_key`
+(32 bytes; certgit derives one per state directory from the master key, see
+reconciler/targets.py) every copy in `work_dir/backups/<id>/<n>.bak` is
+``b"CGB1" || nonce (12 bytes) || AES-256-GCM ciphertext+tag`` with associated
+data ``dest (UTF-8) || NUL || backup id``; `open_backup` decrypts one, and each
+set's manifest.json says so. Those sets are kept (newest `retention`).
+Without a key (third-party callers, tests) the copies are plain files (0600 in
+a 0700 directory) that live only as long as the transaction needs them: they
+are deleted as soon as the apply succeeded, was rolled back, or was recovered,
+and any plain set nobody references is pruned (this also removes plain sets
+written before backups were sealed). A plain set stays only while its journal
+does (a crash, or a rollback that needs the operator).
+
+A journal is a file in the state directory, so recovery trusts it no further
+than the grants: `recover` and `apply_files` take `allowed_exec` /
+`allowed_write` checks (the Sandbox passes its own) and refuse a journal whose
+reload command or paths are not granted, before touching anything. Backup
+copies are always read from this journal's own backup directory.
 """
 
 from __future__ import annotations
@@ -29,6 +48,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -51,6 +71,24 @@ log = logging.getLogger(__name__)
 
 JOURNAL = "journal.json"
 COMMAND_TIMEOUT = 120.0
+BACKUP_MAGIC = b"CGB1"
+BACKUP_KEY_SIZE = 32
+_BACKUP_NONCE_SIZE = 12
+_BACKUP_ID = re.compile(r"\d{8}T\d{6}\.\d{9}-[0-9a-f]{6}")
+_BACKUP_NAME = re.compile(r"\d+\.bak")
+SEALED_FORMAT = (
+    "each <n>.bak is b'CGB1' || 12-byte nonce || AES-256-GCM ciphertext with its 16-byte "
+    "tag; associated data is the destination path (UTF-8), one NUL byte, then the backup "
+    "id; the key is the backup key certgit derives from its master key "
+    "(HKDF-SHA256, no salt, info b'certgit backups v1', 32 bytes; the master key comes "
+    "from CERTGIT_MASTER_KEY_FILE, CERTGIT_MASTER_KEY or <state-dir>/master.key); "
+    "old_sha is the SHA-256 of the plaintext. In Python: "
+    "certgit.connectors.sdk.atomic.open_backup(key, blob, dest, backup_id)"
+)
+PLAIN_FORMAT = (
+    "each <n>.bak is the plain previous content (no backup key was given); certgit "
+    "deletes this set as soon as the apply is finished or recovered"
+)
 
 # Tests set this to a callable that raises a BaseException at a named phase to
 # simulate a crash: nothing below catches BaseException, so the journal stays.
@@ -85,6 +123,48 @@ class ApplyResult:
 
 class _BackupLost(Exception):
     """A backup copy is missing or corrupt: restoring cannot succeed by retrying."""
+
+
+class _BackupKeyMissing(Exception):
+    """The backups are sealed and no key was given: a caller holding the key can restore."""
+
+
+def _check_backup_key(backup_key: bytes | None) -> None:
+    if backup_key is not None and (
+        not isinstance(backup_key, bytes) or len(backup_key) != BACKUP_KEY_SIZE
+    ):
+        raise ValueError(f"backup_key must be {BACKUP_KEY_SIZE} bytes")
+
+
+def _backup_aad(dest: str, backup_id: str) -> bytes:
+    return dest.encode() + b"\0" + backup_id.encode()
+
+
+def seal_backup(key: bytes, data: bytes, dest: str, backup_id: str) -> bytes:
+    """One sealed backup copy: b"CGB1" || nonce || AES-256-GCM(data), bound to dest and id."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = os.urandom(_BACKUP_NONCE_SIZE)
+    return BACKUP_MAGIC + nonce + AESGCM(key).encrypt(nonce, data, _backup_aad(dest, backup_id))
+
+
+def open_backup(key: bytes, blob: bytes, dest: str, backup_id: str) -> bytes:
+    """Decrypt a copy made by `seal_backup`; ValueError if not one, wrong key or tampered."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    head = len(BACKUP_MAGIC) + _BACKUP_NONCE_SIZE
+    if len(blob) < head + 16 or not blob.startswith(BACKUP_MAGIC):
+        raise ValueError("not a sealed certgit backup (truncated or wrong format)")
+    try:
+        return AESGCM(key).decrypt(
+            blob[len(BACKUP_MAGIC) : head], blob[head:], _backup_aad(dest, backup_id)
+        )
+    except InvalidTag:
+        raise ValueError(
+            "authentication failed: wrong backup key (was the master key changed?) or the "
+            "copy was altered or belongs to another file"
+        ) from None
 
 
 def _sha(data: bytes) -> str:
@@ -159,19 +239,59 @@ def _drop_journal(work_dir: Path) -> None:
     _fsync_local_dir(work_dir)
 
 
+def _aside_path(work_dir: Path, backup_id: object) -> Path:
+    # The id comes from a file someone could edit: only a well-formed one names a path.
+    name = backup_id if isinstance(backup_id, str) and _BACKUP_ID.fullmatch(backup_id) else None
+    return work_dir / f"journal.failed-{name or 'unknown-' + token_hex(4)}.json"
+
+
 def _set_journal_aside(work_dir: Path, journal: Mapping[str, Any]) -> Path:
-    aside = work_dir / f"journal.failed-{journal.get('backup_id', 'unknown')}.json"
+    aside = _aside_path(work_dir, journal.get("backup_id"))
     with contextlib.suppress(FileNotFoundError):
         os.replace(work_dir / JOURNAL, aside)
     return aside
 
 
+def _referenced_backup_ids(work_dir: Path) -> set[str]:
+    """Backup sets a live or set-aside journal still needs."""
+    ids = {
+        p.name[len("journal.failed-") : -len(".json")]
+        for p in work_dir.glob("journal.failed-*.json")
+    }
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        ids.add(str(json.loads((work_dir / JOURNAL).read_bytes()).get("backup_id")))
+    return ids
+
+
+def _is_sealed_set(directory: Path) -> bool:
+    try:
+        manifest = json.loads((directory / "manifest.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("encrypted") is True
+
+
+def _discard_plain_set(work_dir: Path, backup_id: str) -> None:
+    """Delete a plain backup set once no journal needs it (it may hold private keys)."""
+    if backup_id not in _referenced_backup_ids(work_dir):
+        shutil.rmtree(work_dir / "backups" / backup_id, ignore_errors=True)
+
+
 def _prune_backups(work_dir: Path, retention: int) -> None:
+    """Keep the newest `retention` sealed sets; delete every plain set no journal needs."""
     root = work_dir / "backups"
     if not root.is_dir():
         return
-    sets = sorted(p for p in root.iterdir() if p.is_dir())
-    for old in sets[: max(len(sets) - max(retention, 0), 0)]:
+    referenced = _referenced_backup_ids(work_dir)
+    sealed: list[Path] = []
+    for directory in sorted(p for p in root.iterdir() if p.is_dir()):
+        if directory.name in referenced:
+            continue
+        if _is_sealed_set(directory):
+            sealed.append(directory)
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+    for old in sealed[: max(len(sealed) - max(retention, 0), 0)]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -248,11 +368,41 @@ def _plan_entry(
 # --- restore ----------------------------------------------------------------------
 
 
-def _restore(transport: Transport, journal: Mapping[str, Any]) -> list[str]:
+def _read_backup(
+    work_dir: Path, journal: Mapping[str, Any], entry: Mapping[str, Any], key: bytes | None
+) -> bytes:
+    """The old content of one journaled file, from this journal's own backup directory."""
+    dest, backup_id = entry["dest"], str(journal["backup_id"])
+    # Only the copy's name is taken from the journal: it cannot point outside the set.
+    path = work_dir / "backups" / backup_id / Path(str(entry["backup"])).name
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _BackupLost(f"backup of {dest} at {path} is unreadable: {exc}") from None
+    if journal.get("backups_encrypted"):
+        assert key is not None  # _restore checked
+        try:
+            data = open_backup(key, data, dest, backup_id)
+        except ValueError as exc:
+            raise _BackupLost(f"backup of {dest} at {path} cannot be decrypted: {exc}") from None
+    if _sha(data) != entry["old_sha"]:
+        raise _BackupLost(f"backup of {dest} at {path} does not match its checksum")
+    return data
+
+
+def _restore(
+    transport: Transport, journal: Mapping[str, Any], work_dir: Path, backup_key: bytes | None
+) -> list[str]:
     """Put every journaled file back to its old state and delete temps. Idempotent.
 
-    Raises _BackupLost (permanent) or OSError/DeniedError (maybe transient).
+    Raises _BackupKeyMissing (sealed backups, no key: nothing done), _BackupLost
+    (permanent) or OSError/DeniedError (maybe transient).
     """
+    if journal.get("backups_encrypted") and backup_key is None:
+        raise _BackupKeyMissing(
+            "its backups are sealed and no backup key was given; recover with the target's "
+            "backup key (certgit passes the one it derives from the master key)"
+        )
     lines: list[str] = []
     entries: list[dict[str, Any]] = journal["files"]
     for entry in entries:
@@ -263,14 +413,7 @@ def _restore(transport: Transport, journal: Mapping[str, Any]) -> list[str]:
                 transport.unlink(dest)
                 lines.append(f"removed {dest} (it did not exist before)")
             continue
-        try:
-            data = Path(entry["backup"]).read_bytes()
-        except OSError as exc:
-            raise _BackupLost(
-                f"backup of {dest} at {entry['backup']} is unreadable: {exc}"
-            ) from None
-        if _sha(data) != entry["old_sha"]:
-            raise _BackupLost(f"backup of {dest} at {entry['backup']} does not match its checksum")
+        data = _read_backup(work_dir, journal, entry, backup_key)
         if st is not None and st.kind == "file":
             current = transport.read(dest)
             if (
@@ -316,7 +459,8 @@ def _rollback_failed(
         aside = _set_journal_aside(work_dir, journal)
         next_step = (
             f"the files may be a mixed set; restore them by hand from {backups} "
-            f"(manifest.json maps each copy to its path; journal kept at {aside}) or run the "
+            "(manifest.json maps each copy to its path and says how to decrypt it; "
+            f"journal kept at {aside}) or run the "
             "apply again to write a complete new set, then reload the server yourself"
         )
     else:
@@ -352,14 +496,21 @@ def apply_files(
     target: str = "",
     remove: Sequence[str] = (),
     command_timeout: float = COMMAND_TIMEOUT,
+    backup_key: bytes | None = None,
+    allowed_exec: Callable[[Sequence[str]], object] | None = None,
+    allowed_write: Callable[[str], object] | None = None,
 ) -> ApplyResult:
     """Write `files` (and delete `remove`) as one transaction; validate, reload, verify.
 
-    Grants are the caller's business (Sandbox.apply_files checks them). Raises
+    Grants are the caller's business (Sandbox.apply_files checks them);
+    `allowed_exec`/`allowed_write` check a leftover journal before it is
+    recovered (see `recover`). `backup_key` (32 bytes) seals the backups; without
+    one they are plain and deleted when the apply ends. Raises
     ValidateFailed / ReloadFailed / VerifyMismatch (old files back in place),
     RollbackFailed (operator action needed), DeniedError (symlinked destination),
     DeployError (writing failed before the swap; nothing changed).
     """
+    _check_backup_key(backup_key)
     work_dir = Path(work_dir)
     work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     specs: dict[str, tuple[FileSpec | None, str, str]] = {}
@@ -376,7 +527,14 @@ def apply_files(
 
     with _flock(work_dir / "locks" / "apply.lock"):
         if (work_dir / JOURNAL).exists():
-            for line in _recover_locked(transport, work_dir, target=target):
+            for line in _recover_locked(
+                transport,
+                work_dir,
+                target=target,
+                backup_key=backup_key,
+                allowed_exec=allowed_exec,
+                allowed_write=allowed_write,
+            ):
                 log.warning("recovered before apply: %s", line)
         with _file_locks(work_dir, list(specs)):
             return _apply_locked(
@@ -390,6 +548,7 @@ def apply_files(
                 retention=retention,
                 target=target,
                 command_timeout=command_timeout,
+                backup_key=backup_key,
             )
 
 
@@ -405,6 +564,7 @@ def _apply_locked(
     retention: int,
     target: str,
     command_timeout: float,
+    backup_key: bytes | None,
 ) -> ApplyResult:
     entries: list[dict[str, Any]] = []
     on_disk: dict[str, str] = {}
@@ -420,7 +580,48 @@ def _apply_locked(
     backup_id = _new_backup_id()
     backup_dir = work_dir / "backups" / backup_id
     backup_dir.mkdir(mode=0o700, parents=True)
-    manifest: dict[str, Any] = {}
+    try:
+        result = _backup_and_swap(
+            transport,
+            specs,
+            entries,
+            on_disk,
+            originals,
+            backup_id=backup_id,
+            validate=validate,
+            reload=reload,
+            work_dir=work_dir,
+            verify=verify,
+            target=target,
+            command_timeout=command_timeout,
+            backup_key=backup_key,
+        )
+    except Exception:
+        if backup_key is None:
+            _discard_plain_set(work_dir, backup_id)  # kept only while a journal needs it
+        raise
+    _prune_backups(work_dir, retention)  # removes this set too when it is plain
+    return result
+
+
+def _backup_and_swap(
+    transport: Transport,
+    specs: Mapping[str, tuple[FileSpec | None, str, str]],
+    entries: list[dict[str, Any]],
+    on_disk: dict[str, str],
+    originals: Mapping[str, str],
+    *,
+    backup_id: str,
+    validate: Sequence[str] | None,
+    reload: Sequence[str] | None,
+    work_dir: Path,
+    verify: Callable[[], None] | None,
+    target: str,
+    command_timeout: float,
+    backup_key: bytes | None,
+) -> ApplyResult:
+    backup_dir = work_dir / "backups" / backup_id
+    files: dict[str, Any] = {}
     for index, entry in enumerate(entries):
         if entry["old_sha"] is None:
             continue
@@ -431,17 +632,27 @@ def _apply_locked(
                 target=target or None,
             )
         copy = backup_dir / f"{index}.bak"
-        _write_local(copy, current)
+        if backup_key is not None:
+            _write_local(copy, seal_backup(backup_key, current, entry["dest"], backup_id))
+        else:
+            _write_local(copy, current)
         entry["backup"] = str(copy)
-        manifest[entry["dest"]] = {
+        files[entry["dest"]] = {
             k: entry[k] for k in ("backup", "old_sha", "old_mode", "old_uid", "old_gid")
         }
+    manifest = {
+        "backup_id": backup_id,
+        "encrypted": backup_key is not None,
+        "format": SEALED_FORMAT if backup_key is not None else PLAIN_FORMAT,
+        "files": files,  # destination path -> its copy
+    }
     _write_local(backup_dir / "manifest.json", json.dumps(manifest, indent=1).encode())
 
     journal: dict[str, Any] = {
         "version": 1,
         "phase": "preparing",
         "backup_id": backup_id,
+        "backups_encrypted": backup_key is not None,
         "target": target,
         "reload": list(reload) if reload else None,
         "files": entries,
@@ -478,7 +689,7 @@ def _apply_locked(
 
     def rollback(*, reload_after: bool, why: str) -> None:
         try:
-            _restore(transport, journal)
+            _restore(transport, journal, work_dir, backup_key)
         except _BackupLost as exc:
             raise _rollback_failed(
                 work_dir, journal, f"{why}, then {exc}", permanent=True, target=target
@@ -549,7 +760,6 @@ def _apply_locked(
         raise
 
     _drop_journal(work_dir)
-    _prune_backups(work_dir, retention)
     for entry in entries:
         if entry["new_sha"] is None:
             on_disk.pop(originals[entry["dest"]], None)
@@ -566,29 +776,98 @@ def _apply_locked(
 # --- recovery ---------------------------------------------------------------------
 
 
-def recover(transport: Transport, work_dir: Path) -> list[str]:
+def recover(
+    transport: Transport,
+    work_dir: Path,
+    backup_key: bytes | None = None,
+    *,
+    allowed_exec: Callable[[Sequence[str]], object] | None = None,
+    allowed_write: Callable[[str], object] | None = None,
+) -> list[str]:
     """Finish-or-undo after a crash: every journaled file back to its old version.
 
     Reloads when the journal says the server may have loaded the new files
     ("reloading" or later). Returns human-readable lines of what it did (empty
     when there was no journal). Raises RollbackFailed when it cannot.
+
+    `backup_key` opens sealed backups (without it a sealed journal is kept and
+    RollbackFailed says so). The journal is a file someone could edit, so before
+    anything is restored or run, `allowed_exec(reload argv)` and
+    `allowed_write(dest)` for every file must not raise (pass the Sandbox's
+    `check_exec` / `check_write`, or use `Sandbox.recover`): a journal that fails
+    them is set aside and RollbackFailed raised, nothing touched.
     """
+    _check_backup_key(backup_key)
     work_dir = Path(work_dir)
     if not (work_dir / JOURNAL).exists():
         return []
     with _flock(work_dir / "locks" / "apply.lock"):
-        return _recover_locked(transport, work_dir, target="")
+        return _recover_locked(
+            transport,
+            work_dir,
+            target="",
+            backup_key=backup_key,
+            allowed_exec=allowed_exec,
+            allowed_write=allowed_write,
+        )
 
 
-def _recover_locked(transport: Transport, work_dir: Path, *, target: str) -> list[str]:
+def _check_journal_shape(journal: Any) -> None:
+    """ValueError unless the journal has the structure an apply writes."""
+    if not isinstance(journal, dict) or not isinstance(journal.get("files"), list):
+        raise ValueError("not an apply journal")
+    backup_id = journal.get("backup_id")
+    if not isinstance(backup_id, str) or not _BACKUP_ID.fullmatch(backup_id):
+        raise ValueError(f"malformed backup id {backup_id!r}")
+    reload = journal.get("reload")
+    if reload is not None and (
+        not isinstance(reload, list) or not all(isinstance(a, str) for a in reload)
+    ):
+        raise ValueError("reload is not a list of strings")
+    for entry in journal["files"]:
+        dest, directory = entry["dest"], entry["directory"]
+        name = dest.rpartition("/")[2]
+        if not (
+            isinstance(dest, str)
+            and isinstance(directory, str)
+            and name
+            and dest == f"{directory.rstrip('/')}/{name}"
+            and entry["temp_prefix"] == f".{name}.certgit-"
+        ):
+            raise ValueError(f"entry for {dest!r} is inconsistent")
+        temp = entry.get("temp")
+        if temp is not None and not (
+            isinstance(temp, str)
+            and temp.rpartition("/")[0] == directory.rstrip("/")
+            and temp.rpartition("/")[2].startswith(entry["temp_prefix"])
+            and temp.endswith(".tmp")
+        ):
+            raise ValueError(f"temp file of {dest!r} is outside its directory")
+        backup = entry.get("backup")
+        if backup is not None and not (
+            isinstance(backup, str) and _BACKUP_NAME.fullmatch(Path(backup).name)
+        ):
+            raise ValueError(f"backup copy of {dest!r} is malformed")
+
+
+def _recover_locked(
+    transport: Transport,
+    work_dir: Path,
+    *,
+    target: str,
+    backup_key: bytes | None = None,
+    allowed_exec: Callable[[Sequence[str]], object] | None = None,
+    allowed_write: Callable[[str], object] | None = None,
+) -> list[str]:
     path = work_dir / JOURNAL
     try:
         journal = json.loads(path.read_bytes())
+        _check_journal_shape(journal)
         entries = journal["files"]
         phase = journal["phase"]
     except FileNotFoundError:
         return []
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         aside = path.with_name(f"journal.unreadable-{token_hex(4)}.json")
         os.replace(path, aside)
         raise RollbackFailed(
@@ -597,10 +876,31 @@ def _recover_locked(transport: Transport, work_dir: Path, *, target: str) -> lis
             target=target or None,
         ) from None
     target = target or journal.get("target") or ""
+    reload = journal.get("reload")
+    try:
+        if allowed_write is not None:
+            for entry in entries:
+                allowed_write(entry["dest"])
+        if allowed_exec is not None and reload:
+            allowed_exec(reload)
+    except DeniedError as exc:
+        aside = _set_journal_aside(work_dir, journal)
+        raise RollbackFailed(
+            f"refusing to recover from the apply journal: it asks for something this "
+            f"target is not granted ({exc}); the journal is a file in the state directory "
+            f"and may have been edited. Nothing was restored or run; it is set aside at "
+            f"{aside}: check the files it names against the backups beside it, restore them "
+            "by hand if needed and reload the server yourself",
+            target=target or None,
+        ) from None
     lines = [f"found journal in phase {phase!r} (backup {journal.get('backup_id')})"]
     with _file_locks(work_dir, [e["dest"] for e in entries]):
         try:
-            lines += _restore(transport, journal)
+            lines += _restore(transport, journal, work_dir, backup_key)
+        except _BackupKeyMissing as exc:
+            raise _rollback_failed(
+                work_dir, journal, str(exc), permanent=False, target=target
+            ) from None
         except _BackupLost as exc:
             raise _rollback_failed(
                 work_dir, journal, str(exc), permanent=True, target=target
@@ -609,18 +909,21 @@ def _recover_locked(transport: Transport, work_dir: Path, *, target: str) -> lis
             raise _rollback_failed(
                 work_dir, journal, f"restoring failed: {exc}", permanent=False, target=target
             ) from None
-        reload = journal.get("reload")
-        if phase in ("reloading", "reloaded") and reload:
-            ok, summary = _run(transport, reload, COMMAND_TIMEOUT)
-            _drop_journal(work_dir)
-            if not ok:
-                raise RollbackFailed(
-                    f"recovered the old files but reloading them failed ({summary}); "
-                    f"check the server and run {' '.join(reload)} yourself",
-                    target=target or None,
-                )
-            lines.append(f"reloaded: {' '.join(reload)}")
-        else:
-            _drop_journal(work_dir)
+        try:
+            if phase in ("reloading", "reloaded") and reload:
+                ok, summary = _run(transport, reload, COMMAND_TIMEOUT)
+                _drop_journal(work_dir)
+                if not ok:
+                    raise RollbackFailed(
+                        f"recovered the old files but reloading them failed ({summary}); "
+                        f"check the server and run {' '.join(reload)} yourself",
+                        target=target or None,
+                    )
+                lines.append(f"reloaded: {' '.join(reload)}")
+            else:
+                _drop_journal(work_dir)
+        finally:
+            if not journal.get("backups_encrypted") and not (work_dir / JOURNAL).exists():
+                _discard_plain_set(work_dir, journal["backup_id"])
     lines.append("journal removed; the next apply re-deploys")
     return lines

@@ -391,6 +391,7 @@ class FileConnector:
             work_dir=target.work_dir,
             verify=verify,
             remove=deletes,
+            backup_key=target.backup_key,
         )
         return DeployReport(
             target=target.name,

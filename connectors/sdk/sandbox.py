@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from certgit.connectors.errors import DeniedError, TransportError
-from certgit.connectors.sdk.atomic import ApplyResult, FileSpec, apply_files
+from certgit.connectors.sdk.atomic import ApplyResult, FileSpec, apply_files, recover
 from certgit.connectors.sdk.grants import Grants, format_endpoint, normalize_path
 from certgit.connectors.sdk.transport import ExecResult, FileStat, Transport
 
@@ -171,11 +171,14 @@ class Sandbox:
         verify: Callable[[], None] | None = None,
         retention: int = 3,
         remove: Sequence[str] = (),
+        backup_key: bytes | None = None,
     ) -> ApplyResult:
         """Atomically write `files` and delete `remove` (fs.write each), validate, reload, verify.
 
         Checks every grant before anything is written: fs.write on every path
-        (resolved), process.exec on validate/reload. `result.files` is keyed by
+        (resolved), process.exec on validate/reload; a journal left by a crash is
+        checked against the same grants before it is recovered. `backup_key`
+        (TargetSpec.backup_key) seals the backups. `result.files` is keyed by
         the paths as the connector gave them.
         """
         resolved_specs: list[FileSpec] = []
@@ -199,8 +202,25 @@ class Sandbox:
             retention=retention,
             target=self.target,
             remove=resolved_remove,
+            backup_key=backup_key,
+            allowed_exec=self.check_exec,
+            allowed_write=self.check_write,
         )
         return replace(result, files={back.get(p, p): sha for p, sha in result.files.items()})
+
+    def recover(self, work_dir: Path, *, backup_key: bytes | None = None) -> list[str]:
+        """Crash recovery (`atomic.recover`) trusting the journal no further than the grants.
+
+        A journal whose reload command or files are not granted to this sandbox is
+        set aside and RollbackFailed raised before anything is restored or run.
+        """
+        return recover(
+            self.transport,
+            work_dir,
+            backup_key,
+            allowed_exec=self.check_exec,
+            allowed_write=self.check_write,
+        )
 
     def remove_files(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from dataclasses import dataclass
@@ -17,7 +18,14 @@ from certgit.connectors.errors import (
     ValidateFailed,
     VerifyMismatch,
 )
-from certgit.connectors.sdk.atomic import JOURNAL, ApplyResult, FileSpec, apply_files
+from certgit.connectors.sdk.atomic import (
+    JOURNAL,
+    ApplyResult,
+    FileSpec,
+    apply_files,
+    open_backup,
+    seal_backup,
+)
 from certgit.connectors.sdk.transport import LocalTransport
 
 
@@ -283,15 +291,24 @@ def test_symlinked_parent_swapped_in_is_refused(env: Env) -> None:
 
 
 def test_backup_retention_keeps_newest(env: Env) -> None:
-    ids = [apply(env, env.specs(f"v{i}"), retention=2).backup_id for i in range(5)]
+    ids = [
+        apply(env, env.specs(f"v{i}"), retention=2, backup_key=KEY).backup_id for i in range(5)
+    ]
     kept = sorted(p.name for p in (env.work / "backups").iterdir())
     assert kept == sorted(ids[-2:])
-    # The newest backup holds the previous version (v3) of the key.
-    manifest = (env.work / "backups" / ids[-1] / "manifest.json").read_text()
-    assert str(env.etc / "a.key") in manifest
-    backup_contents = {p.read_text() for p in (env.work / "backups" / ids[-1]).glob("*.bak")}
-    assert backup_contents == {"cert v3\n", "chain v3\n", "key v3\n"}
-    assert mode_of(next((env.work / "backups" / ids[-1]).glob("*.bak"))) == 0o600
+    # The newest backup holds the previous version (v3) of every file, sealed.
+    newest = env.work / "backups" / str(ids[-1])
+    manifest = json.loads((newest / "manifest.json").read_text())
+    assert manifest["encrypted"] is True and "AES-256-GCM" in manifest["format"]
+    assert set(manifest["files"]) == {str(env.etc / n) for n in ("a.crt", "a.chain", "a.key")}
+    opened = {
+        open_backup(KEY, Path(info["backup"]).read_bytes(), dest, str(ids[-1]))
+        for dest, info in manifest["files"].items()
+    }
+    assert opened == {b"cert v3\n", b"chain v3\n", b"key v3\n"}
+    for copy in newest.glob("*.bak"):
+        assert copy.read_bytes().startswith(b"CGB1") and b"v3" not in copy.read_bytes()
+        assert mode_of(copy) == 0o600
 
 
 def test_no_temp_files_left_after_any_outcome(env: Env) -> None:
@@ -325,3 +342,127 @@ def test_new_directory_is_created(env: Env) -> None:
 def test_filespec_repr_hides_content() -> None:
     spec = FileSpec("/x/key.pem", b"-----BEGIN PRIVATE KEY----- secret", role="key")
     assert "secret" not in repr(spec)
+
+
+# --- sealed backups -----------------------------------------------------------------
+
+KEY = bytes(range(32))
+
+
+def pem_key(tag: str) -> bytes:
+    """A private-key-shaped PEM that carries `tag` (validate/reload only `cat` it)."""
+    return (
+        b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0w"
+        + tag.encode()
+        + b"\n-----END PRIVATE KEY-----\n"
+    )
+
+
+def key_specs(env: Env, tag: str) -> list[FileSpec]:
+    return [
+        FileSpec(str(env.etc / "a.crt"), f"cert {tag}\n".encode(), mode=0o644),
+        FileSpec(str(env.etc / "a.key"), pem_key(tag), mode=0o600),
+    ]
+
+
+def files_holding(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_validate_failure_restores_old_key_byte_for_byte_from_sealed_backup(env: Env) -> None:
+    apply(env, key_specs(env, "v1"), backup_key=KEY)
+    old_key = (env.etc / "a.key").read_bytes()
+    with pytest.raises(ValidateFailed):
+        apply(env, key_specs(env, "BAD"), backup_key=KEY)
+    assert (env.etc / "a.key").read_bytes() == old_key
+    assert mode_of(env.etc / "a.key") == 0o600
+    # The copy it came from was sealed on disk, and is kept (retention).
+    backup_set = max((env.work / "backups").iterdir())  # the BAD apply's set
+    manifest = json.loads((backup_set / "manifest.json").read_text())
+    copy = Path(manifest["files"][str(env.etc / "a.key")]["backup"])
+    assert copy.read_bytes().startswith(b"CGB1")
+    assert open_backup(KEY, copy.read_bytes(), str(env.etc / "a.key"), backup_set.name) == old_key
+    assert files_holding(env.work, b"PRIVATE KEY") == []
+
+
+@pytest.mark.parametrize("backup_key", [KEY, None], ids=["sealed", "no-key"])
+def test_no_plain_private_key_under_work_dir(env: Env, backup_key: bytes | None) -> None:
+    apply(env, key_specs(env, "v1"), backup_key=backup_key)
+    apply(env, key_specs(env, "v2"), backup_key=backup_key)  # replaced a key: backed up
+    assert files_holding(env.work, b"PRIVATE KEY") == []
+    with pytest.raises(ValidateFailed):
+        apply(env, key_specs(env, "BAD"), backup_key=backup_key)  # rolled back
+    (env.root / "fail-reload").write_text("v3")
+    with pytest.raises(ReloadFailed):
+        apply(env, key_specs(env, "v3"), backup_key=backup_key)  # rolled back and reloaded
+    assert (env.etc / "a.key").read_bytes() == pem_key("v2")
+    assert files_holding(env.work, b"PRIVATE KEY") == []
+    assert files_holding(env.work, b"MIGHAgEA") == []
+    sets = list((env.work / "backups").iterdir())
+    assert len(sets) == (4 if backup_key else 0)  # plain copies never outlive the apply
+
+
+def test_plain_backup_sets_are_pruned_when_sealing_starts(env: Env) -> None:
+    # A set written before backups were sealed (old manifest format, plain copy).
+    legacy = env.work / "backups" / "20250101T000000.000000000-abcdef"
+    legacy.mkdir(parents=True)
+    (legacy / "0.bak").write_bytes(pem_key("ancient"))
+    (legacy / "manifest.json").write_text(json.dumps({"/etc/a.key": {"backup": "0.bak"}}))
+    apply(env, key_specs(env, "v1"), backup_key=KEY)
+    apply(env, key_specs(env, "v2"), backup_key=KEY)
+    assert not legacy.exists()
+    assert len(list((env.work / "backups").iterdir())) == 2
+    assert files_holding(env.work, b"PRIVATE KEY") == []
+
+
+def test_sealed_backup_is_bound_to_its_path_and_id() -> None:
+    blob = seal_backup(KEY, b"secret", "/etc/a.key", "id1")
+    assert blob[:4] == b"CGB1" and b"secret" not in blob
+    assert open_backup(KEY, blob, "/etc/a.key", "id1") == b"secret"
+    for key, dest, backup_id in [
+        (bytes(32), "/etc/a.key", "id1"),
+        (KEY, "/etc/b.key", "id1"),
+        (KEY, "/etc/a.key", "id2"),
+    ]:
+        with pytest.raises(ValueError, match="authentication failed"):
+            open_backup(key, blob, dest, backup_id)
+    with pytest.raises(ValueError, match="not a sealed"):
+        open_backup(KEY, b"secret", "/etc/a.key", "id1")
+
+
+def test_tampered_sealed_backup_is_rollback_failed(env: Env) -> None:
+    apply(env, key_specs(env, "v1"), backup_key=KEY)
+    # A validate that swaps a sealed copy for another and fails: the copy does not open.
+    (env.root / "validate-hook").write_text(
+        f"for f in {env.work}/backups/*/*.bak; do printf 'CGB1%040d' 0 > $f; done\nexit 1\n"
+    )
+    with pytest.raises(RollbackFailed) as caught:
+        apply(env, key_specs(env, "v2"), backup_key=KEY)
+    assert "cannot be decrypted" in str(caught.value)
+    assert list(env.work.glob("journal.failed-*.json"))
+
+
+def test_backup_key_must_be_32_bytes(env: Env) -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        apply(env, key_specs(env, "v1"), backup_key=b"short")
+    assert env.contents() == {}
+
+
+def test_target_spec_carries_a_backup_key_derived_from_the_master_key(tmp_path: Path) -> None:
+    from certgit.reconciler.model import Target
+    from certgit.reconciler.sealing import ENV_KEY
+    from certgit.reconciler.targets import BACKUP_KEY_INFO, target_spec
+
+    master = bytes(range(100, 132))
+    env = {ENV_KEY: master.hex()}
+    spec = target_spec(Target(name="web", type="files"), tmp_path, env=env)
+    assert spec.backup_key is not None and len(spec.backup_key) == 32
+    assert spec.backup_key != master and BACKUP_KEY_INFO == b"certgit backups v1"
+    assert spec.backup_key.hex() not in repr(spec) and "backup_key" not in repr(spec)
+    assert target_spec(Target(name="db", type="files"), tmp_path, env=env).backup_key == (
+        spec.backup_key
+    )
+    other = target_spec(Target(name="web", type="files"), tmp_path, env={ENV_KEY: "11" * 32})
+    assert other.backup_key != spec.backup_key
+    # Positional callers (executor, engine) still work: the key then comes from the state dir.
+    assert target_spec(Target(name="web", type="files"), tmp_path / "state").backup_key

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from certgit.connectors.errors import RollbackFailed
+from certgit.connectors.errors import DeniedError, RollbackFailed
 from certgit.connectors.sdk import atomic
 from certgit.connectors.sdk.atomic import JOURNAL, recover
+from certgit.connectors.sdk.grants import Grants
+from certgit.connectors.sdk.sandbox import Sandbox
 from certgit.connectors.sdk.transport import LocalTransport
-from tests.unit.connectors.test_atomic import Env, apply, assert_version, make_env
+from tests.unit.connectors.test_atomic import (
+    KEY,
+    Env,
+    apply,
+    assert_version,
+    files_holding,
+    make_env,
+)
 
 
 class Crash(BaseException):
@@ -153,3 +163,155 @@ def test_unreadable_journal_is_moved_aside(env: Env) -> None:
 def test_recover_without_journal_does_nothing(env: Env) -> None:
     assert recover(LocalTransport(), env.work) == []
     assert env.lines("reload") == []
+
+
+# --- sealed backups and untrusted journals -------------------------------------------
+
+
+def crash_mid_apply(
+    env: Env, monkeypatch: pytest.MonkeyPatch, phase: str, **kwargs: object
+) -> None:
+    apply(env, env.specs("v1"), **kwargs)
+    crash_at(monkeypatch, phase)
+    with pytest.raises(Crash):
+        apply(env, env.specs("v2"), **kwargs)
+    monkeypatch.setattr(atomic, "_crash_hook", None)
+
+
+def test_sealed_backups_need_the_key_to_recover(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    crash_mid_apply(env, monkeypatch, "reloading", backup_key=KEY)
+    assert files_holding(env.work, b"key v1") == []  # the copies are sealed
+    with pytest.raises(RollbackFailed) as caught:
+        recover(LocalTransport(), env.work)
+    assert "sealed" in str(caught.value) and "backup key" in str(caught.value)
+    assert (env.work / JOURNAL).exists()  # kept for a caller holding the key
+    assert not list(env.work.glob("journal.failed-*.json"))
+    assert (env.etc / "a.key").read_text() == "key v2\n"  # nothing touched
+    lines = recover(LocalTransport(), env.work, KEY)
+    assert_version(env, "v1")
+    assert any(line.startswith("reloaded") for line in lines)
+    assert env.lines("reload")[-1] == "reload cert v1 chain v1 key v1 "
+    assert len(list((env.work / "backups").iterdir())) == 2  # sealed sets are kept
+
+
+def test_wrong_key_is_rollback_failed(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    crash_mid_apply(env, monkeypatch, "swapped", backup_key=KEY)
+    with pytest.raises(RollbackFailed) as caught:
+        recover(LocalTransport(), env.work, bytes(32))
+    assert "cannot be decrypted" in str(caught.value)
+    assert "wrong backup key" in str(caught.value)
+
+
+def test_plain_backups_are_deleted_once_recovered(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crash_mid_apply(env, monkeypatch, "swapped")
+    assert files_holding(env.work / "backups", b"key v1")  # needed until recovered
+    recover(LocalTransport(), env.work)
+    assert_version(env, "v1")
+    assert list((env.work / "backups").iterdir()) == []
+    assert files_holding(env.work, b"key v1") == []
+
+
+def _edit_journal(env: Env, **changes: object) -> None:
+    journal = json.loads((env.work / JOURNAL).read_text())
+    journal.update(changes)
+    (env.work / JOURNAL).write_text(json.dumps(journal))
+
+
+def test_ungranted_reload_in_journal_is_refused(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crash_mid_apply(env, monkeypatch, "reloading", backup_key=KEY)
+    evil = env.root / "evil.sh"
+    evil.write_text(f"#!/bin/sh\ntouch {env.root}/pwned\n")
+    evil.chmod(0o755)
+    _edit_journal(env, reload=[str(evil)])
+    granted = list(env.reload)
+
+    def allowed_exec(argv: Sequence[str]) -> None:
+        if list(argv) != granted:
+            raise DeniedError("process.exec", argv[0], f"process.exec:{argv[0]}")
+
+    with pytest.raises(RollbackFailed) as caught:
+        recover(LocalTransport(), env.work, KEY, allowed_exec=allowed_exec)
+    message = str(caught.value)
+    assert "not granted" in message and "may have been edited" in message
+    assert "Nothing was restored or run" in message
+    assert not (env.root / "pwned").exists()
+    assert not (env.work / JOURNAL).exists()
+    assert list(env.work.glob("journal.failed-*.json"))  # set aside for the operator
+    assert (env.etc / "a.crt").read_text() == "cert v2\n"  # nothing restored either
+
+
+def _sandbox(env: Env, **extra: tuple[str, ...]) -> Sandbox:
+    grants = Grants(
+        fs_write=extra.get("fs_write", (str(env.etc),)),
+        process_exec=(*env.validate, *env.reload),
+    )
+    return Sandbox(grants, LocalTransport(), target="t1")
+
+
+def test_sandbox_recover_checks_the_journal_against_its_grants(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crash_mid_apply(env, monkeypatch, "reloading", backup_key=KEY)
+    journal = (env.work / JOURNAL).read_text()
+    _edit_journal(env, reload=["/bin/rm", "-rf", str(env.etc)])
+    with pytest.raises(RollbackFailed, match=r"process\.exec"):
+        _sandbox(env).recover(env.work, backup_key=KEY)
+    assert (env.etc / "a.crt").exists()
+    # The untouched journal passes the same grants and recovers.
+    (env.work / JOURNAL).write_text(journal)
+    _sandbox(env).recover(env.work, backup_key=KEY)
+    assert_version(env, "v1")
+
+
+def test_sandbox_recover_refuses_a_file_outside_fs_write(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crash_mid_apply(env, monkeypatch, "swapped", backup_key=KEY)
+    with pytest.raises(RollbackFailed, match=r"fs\.write"):
+        _sandbox(env, fs_write=(str(env.etc / "a.crt"),)).recover(env.work, backup_key=KEY)
+    assert (env.etc / "a.key").read_text() == "key v2\n"
+
+
+def test_sandbox_apply_checks_a_leftover_journal(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crash_mid_apply(env, monkeypatch, "reloading", backup_key=KEY)
+    _edit_journal(env, reload=["/bin/rm", "-rf", str(env.etc)])
+    with pytest.raises(RollbackFailed, match="not granted"):
+        _sandbox(env).apply_files(
+            env.specs("v3"),
+            validate=env.validate,
+            reload=env.reload,
+            work_dir=env.work,
+            backup_key=KEY,
+        )
+    assert (env.etc / "a.crt").read_text() == "cert v2\n"
+    # The journal is set aside: the next apply writes a complete new set.
+    _sandbox(env).apply_files(
+        env.specs("v3"), validate=env.validate, reload=env.reload, work_dir=env.work,
+        backup_key=KEY,
+    )  # fmt: skip
+    assert_version(env, "v3")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"backup_id": "../../escape"},
+        {"reload": "rm -rf /"},
+        {"files": [{"dest": "/etc/passwd", "directory": "/tmp", "temp_prefix": ".x"}]},
+    ],
+)
+def test_malformed_journal_is_moved_aside(
+    env: Env, monkeypatch: pytest.MonkeyPatch, edit: dict[str, object]
+) -> None:
+    crash_mid_apply(env, monkeypatch, "swapped", backup_key=KEY)
+    _edit_journal(env, **edit)
+    with pytest.raises(RollbackFailed, match="unreadable"):
+        recover(LocalTransport(), env.work, KEY)
+    assert list(env.work.glob("journal.unreadable-*.json"))
+    assert (env.etc / "a.crt").read_text() == "cert v2\n"
