@@ -32,6 +32,7 @@ from certgit.connectors.sdk.grants import Grants
 
 if TYPE_CHECKING:
     from certgit.connectors.sdk.sandbox import Sandbox
+    from certgit.connectors.sdk.staging import ServerTest
 
 __all__ = ["Connector", "FileConnector", "FileSettings", "FileSpec"]
 
@@ -171,6 +172,8 @@ class FileConnector:
     validate_command: ClassVar[tuple[str, ...] | None] = None
     reload_command: ClassVar[tuple[str, ...] | None] = None
     accepts_ed25519: ClassVar[bool] = False
+    # How `validate_only` points the config test at staged new files (sdk/staging.py).
+    config_test: ClassVar[ServerTest | None] = None
 
     # -- settings -------------------------------------------------------------------------
 
@@ -266,7 +269,11 @@ class FileConnector:
         return frozenset(caps)
 
     def grants(self, target: TargetSpec) -> Grants:
-        """fs.read/fs.write on the directory, process.exec on the commands, net.dial on verify."""
+        """fs.read/fs.write on the directory, process.exec on the commands, net.dial on verify.
+
+        With a `config_test`, also fs.read on the server's config (the dry run
+        copies it to test the new files; see `validate_only`).
+        """
         settings = self.settings(target)
         binaries: list[str] = []
         for argv in (settings.validate, settings.reload):
@@ -275,8 +282,14 @@ class FileConnector:
         dial: tuple[str, ...] = ()
         if target.verify is not None:
             dial = (_endpoint(target.verify),)
+        # a dry run reads the server's config tree to test the new files on a staged copy
+        config = (
+            self.config_test.read_roots(settings.validate, target.settings or {})
+            if self.config_test is not None
+            else []
+        )
         return Grants(
-            fs_read=(settings.directory,),
+            fs_read=tuple(dict.fromkeys((settings.directory, *config))),
             fs_write=(settings.directory,),
             net_dial=dial,
             process_exec=tuple(dict.fromkeys(binaries)),
@@ -424,7 +437,28 @@ class FileConnector:
         )
 
     def validate_only(self, sandbox: Sandbox, change: ChangeSet) -> list[str]:
-        """Dry run: preflight and grant checks; lines saying what would change. Writes nothing."""
+        """Dry run: preflight, grants, the config test on the new files. Writes no live file.
+
+        Returns lines: `create/replace/keep/delete <path>` per file, `run` for
+        the validate/reload a real apply would run, `test` for what the config
+        test showed, `note` for its limits. When something changes and a
+        validateCommand is configured, the config test runs against a staged
+        copy of the new files and the server config (sdk/staging.py; the
+        connector's `config_test` says how); when that copy cannot be built, the
+        configured command runs against the CURRENT config only if it is a known
+        read-only config test, and the `test` line starts "new files not
+        tested: <why>". The reload command never runs.
+
+        Contract: every failure RAISES, nothing returns a failure line.
+        PreflightFailed (bundle unusable), DeniedError (missing grant), and
+        DryRunFailed (a ValidateFailed) when the config test fails: its message
+        names the target and the command, `.detail` holds the server's output
+        (staged paths shown as the live paths they stand for) and `.lines` the
+        file lines found before the test. A caller prints it as
+        "<target>: WOULD FAIL: <message>: <detail>".
+        """
+        from certgit.connectors.sdk.staging import dry_run_config_test
+
         target = change.target
         specs, deletes = self.plan_files(change)
         settings = self.settings(target)
@@ -460,6 +494,18 @@ class FileConnector:
             lines.append(f"verify  {_endpoint(target.verify)}")
         if not changed:
             lines.append(f"target {target.name}: nothing to change")
+            return lines
+        lines += dry_run_config_test(
+            sandbox,
+            target=target.name,
+            work_dir=str(target.work_dir),
+            validate=settings.validate,
+            test=self.config_test,
+            settings=target.settings or {},
+            specs=specs,
+            deletes=deletes,
+            lines=lines,
+        )
         return lines
 
     # -- helpers --------------------------------------------------------------------------
