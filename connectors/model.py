@@ -70,6 +70,12 @@ class Deployment:
     key_pem: bytes = field(repr=False)
     overrides: Mapping[str, Any] = field(default_factory=dict)  # the binding's deployTo entry
     dns_names: tuple[str, ...] = ()
+    # SNI the post-deploy check uses for THIS binding (its own verify.serverName, the
+    # target's serverName when the certificate carries it, else its first DNS name);
+    # None with `verify` True: only decidable when it is the change's sole deployment.
+    server_name: str | None = None
+    verify: bool = True  # False: the binding opted out of the post-deploy TLS check
+    adopt: bool = False  # may overwrite files certgit did not write (they are backed up)
 
     @property
     def fullchain_pem(self) -> bytes:
@@ -83,6 +89,11 @@ class Removal:
 
     certificate: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    # The files the binding's deploy recorded: exactly these are deleted (key first).
+    # Empty: computed from the overrides (no record, e.g. a third-party caller).
+    paths: tuple[str, ...] = ()
+    # True: only stale files of a binding that moved (the binding itself stays).
+    relocation: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,10 @@ class ChangeSet:
     target: TargetSpec
     deployments: tuple[Deployment, ...] = ()
     removals: tuple[Removal, ...] = ()
+    # Paths certgit is recorded as having written on this target. A file outside this
+    # set whose content differs is not overwritten unless the deployment adopts it.
+    # None: no ownership check (callers without a state store).
+    owned: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,10 @@ class DeployReport:
     verified: bool = False
     files: Mapping[str, str] = field(default_factory=dict)  # path -> SHA-256 now on disk
     fingerprints: Mapping[str, str] = field(default_factory=dict)  # certificate -> fingerprint
+    # certificate -> ((path, role, SHA-256), ...) it wrote: what a removal deletes later
+    written: Mapping[str, tuple[tuple[str, str, str], ...]] = field(default_factory=dict)
+    # certificate -> why it was left out of this change set (the rest went ahead)
+    failed: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

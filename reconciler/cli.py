@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
+        "init",
+        parents=[common],
+        help="create the state directory, master key and store (apply does it on first use)",
+    )
+    p.add_argument("--as", dest="actor", help="identity recorded in the audit log")
+
+    p = sub.add_parser(
         "validate",
         parents=[common],
         help="check YAML and schemas; print every problem as FILE:LINE:COL",
@@ -82,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(
             name, parents=[common], help=f"{verb} a plan (by hash) or one action (by id)"
         )
-        p.add_argument("ref", metavar="ACTION|PLAN", help="action id or plan hash from the plan")
+        p.add_argument(
+            "plan_ref", metavar="ACTION|PLAN",
+            help="plan hash (or >= 8 of its first hex digits) or action id from `certgit plan`",
+        )
         p.add_argument("--reason", required=True, help="why; written to the audit log")
         p.add_argument("--as", dest="actor", help="identity recorded in the audit log")
 
@@ -122,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _engine(args: argparse.Namespace) -> Engine:
+def _engine(args: argparse.Namespace, *, create: bool = True) -> Engine:
+    """The engine for `args`. ``create=False`` (read-only commands): a missing state
+    directory or store is an error (`StateMissing`), and nothing is created."""
     from certgit.reconciler.config import resolve_settings
     from certgit.reconciler.engine import Engine
 
@@ -136,7 +148,46 @@ def _engine(args: argparse.Namespace) -> Engine:
             "allow_history_rewrite": args.allow_history_rewrite,
         }
     )
-    return Engine(settings)
+    return Engine(settings, create_state=create)
+
+
+def _master_key_location(env: Any, state_dir: Path) -> str:
+    from certgit.reconciler.sealing import ENV_KEY, ENV_KEY_FILE, KEY_FILE_NAME
+
+    if env.get(ENV_KEY_FILE):
+        return f"{env[ENV_KEY_FILE]} (from {ENV_KEY_FILE})"
+    if env.get(ENV_KEY):
+        return f"the {ENV_KEY} environment variable"
+    return str(state_dir / KEY_FILE_NAME)
+
+
+def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Create the state directory, master key and store; say where the key is."""
+    from certgit.reconciler.engine import operator_identity
+
+    engine = _engine(args)
+    state_dir = engine.settings.state_dir
+    try:
+        store = engine.store
+        key_at = _master_key_location(engine.env, state_dir)
+        if not store.created:
+            print(f"certgit state already exists in {state_dir}: nothing changed", file=out)
+            print(f"  state store  {store.path}", file=out)
+            print(f"  master key   {key_at} (key id {store.key_id})", file=out)
+            return EXIT_OK
+        details = {"state_dir": str(state_dir), "master_key": key_at, "key_id": store.key_id}
+        store.audit(
+            operator_identity(args.actor), "state.init", str(state_dir), details, engine.clock()
+        )
+    finally:
+        engine.close()
+    print(f"created certgit state in {state_dir} (mode 0700)", file=out)
+    print(f"  state store  {store.path}", file=out)
+    print(f"  master key   {key_at} (key id {store.key_id})", file=out)
+    print("  back the master key up apart from state.db: without it the sealed private keys "
+          "cannot be read", file=out)
+    print("next: `certgit plan` (with --repo or CERTGIT_REPO), then `certgit apply`", file=out)
+    return EXIT_OK
 
 
 def _print_problems(exc: ConfigErrors, out: TextIO, err: TextIO, last_good: str | None) -> None:
@@ -163,7 +214,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             _print_problems(exc, out, err, None)
             return EXIT_ERROR
     else:
-        engine = _engine(args)
+        engine = _engine(args, create=False)
         try:
             desired = engine.desired()
         except ConfigErrors as exc:
@@ -232,7 +283,7 @@ def _current_plan(
 
     With `record_as`, the plan is also persisted (and audited the first time).
     """
-    engine = _engine(args)
+    engine = _engine(args, create=False)
     try:
         try:
             plan = engine.plan()
@@ -297,7 +348,7 @@ def _print_table(headers: list[str], rows: list[list[str]], out: TextIO) -> None
 def cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from certgit.reconciler.errors import AuditChainBroken
 
-    engine = _engine(args)
+    engine = _engine(args, create=False)
     try:
         if args.audit_command == "verify":
             try:
@@ -397,7 +448,7 @@ def cmd_decide(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     engine = _engine(args)
     try:
         plan_hash, action = decide(
-            engine, args.ref, args.command, operator_identity(args.actor), args.reason
+            engine, args.plan_ref, args.command, operator_identity(args.actor), args.reason
         )
     finally:
         engine.close()
@@ -456,7 +507,7 @@ def cmd_release(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    engine = _engine(args)
+    engine = _engine(args, create=False)
     try:
         store = engine.store
         recorded = store.recorded_state()
@@ -513,6 +564,7 @@ def cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 COMMANDS = {
+    "init": cmd_init,
     "validate": cmd_validate,
     "plan": cmd_plan,
     "apply": cmd_apply,

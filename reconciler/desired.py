@@ -354,6 +354,7 @@ def _build_target(name: str, labels: dict[str, str], spec: dict[str, Any]) -> Ta
             if approval is not None
             else None
         ),
+        adopt=bool(spec.get("adopt", False)),
     )
 
 

@@ -57,10 +57,14 @@ class Engine:
         *,
         clock: Callable[[], datetime] = utcnow,
         env: Mapping[str, str] | None = None,
+        create_state: bool = True,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.env = os.environ if env is None else env
+        # False for read-only commands: a missing store raises StateMissing and nothing
+        # (directory, master key, Git mirror, document cache) is created under the state dir.
+        self.create_state = create_state
         self._last_tree: str | None = None
         self._last_desired: DesiredState | None = None
         # (tree id, recorded state, plan): reused while nothing it depends on moved.
@@ -70,7 +74,7 @@ class Engine:
     def store(self) -> Store:
         from certgit.reconciler.store import Store
 
-        return Store.open(self.settings.state_dir, env=self.env)
+        return Store.open(self.settings.state_dir, env=self.env, create=self.create_state)
 
     @cached_property
     def doc_cache(self) -> DocumentCache:
@@ -96,6 +100,9 @@ class Engine:
             path=self.settings.path,
             allow_history_rewrite=self.settings.allow_history_rewrite,
         )
+        # The mirror lives under the state dir: open (or refuse) the store first, so a
+        # missing store is reported before anything is cloned, and the dir is made 0700.
+        self.store  # noqa: B018
         return GitSource(config, self.settings.state_dir)
 
     def last_good_commit(self) -> str | None:
@@ -121,20 +128,34 @@ class Engine:
             self.store.set_source_state(LAST_GOOD_COMMIT, snapshot.commit)
         return desired
 
+    def observe(
+        self, desired: DesiredState, recorded: RecordedState
+    ) -> dict[tuple[str, str], LiveObservation]:
+        """What every recorded binding's target holds now (see `certgit.reconciler.observe`)."""
+        from certgit.reconciler.observe import observe
+
+        return observe(desired, recorded, self.settings.state_dir, self.clock())
+
     def plan(
         self,
         desired: DesiredState | None = None,
         live: Mapping[tuple[str, str], LiveObservation] | None = None,
+        *,
+        refresh: bool = True,
     ) -> Plan:
-        """Compute the plan for the current commit against the recorded state.
+        """Compute the plan for the current commit against the recorded and live state.
 
-        A re-poll that finds the same tree, an equal recorded state, no live
-        observations and a clock before the plan's `stable_until` reuses the
-        previous plan: the planner is pure, so it would return the same one.
+        `refresh` (the default) observes every recorded binding live first;
+        `refresh=False` trusts the records (terraform's -refresh=false). A plan
+        whose actions are all still part of the latest saved Git plan continues
+        that plan: it keeps its hash, so an approval survives the issuance and
+        the deploys that already ran (see Plan.lineage).
         """
         polled = desired is None
         desired = desired if desired is not None else self.desired()
         recorded = self.store.recorded_state()
+        if live is None and refresh:
+            live = self.observe(desired, recorded)
         now = self.clock()
         cached = self._last_plan
         if (
@@ -147,9 +168,22 @@ class Engine:
             and now < cached[2].stable_until
         ):
             return replace(cached[2], commit=desired.commit)
-        plan = diff(desired, recorded, live or {}, now)
+        plan = self._continue_lineage(diff(desired, recorded, live or {}, now))
         if polled and not live and self._last_tree is not None:
             self._last_plan = (self._last_tree, recorded, plan)
+        return plan
+
+    def _continue_lineage(self, plan: Plan) -> Plan:
+        if plan.empty:
+            return plan
+        latest = self.store.latest_plan(origin="git")
+        if latest is None or latest["hash"] == plan.own_hash:
+            return plan
+        saved = {str(a["id"]): bool(a.get("gated")) for a in latest["actions"]}
+        if all(saved.get(a.id) == a.gated for a in plan.actions if a.id in saved) and all(
+            a.id in saved for a in plan.actions
+        ):
+            return replace(plan, lineage=str(latest["hash"]))
         return plan
 
     def record_plan(self, plan: Plan, actor: str, *, enqueue: bool = False) -> bool:
@@ -179,8 +213,8 @@ class Engine:
 
 
 # --------------------------------------------------------------------------- operations
-# apply / approve / reject / rollback / release: the same behaviour from the CLI,
-# the daemon and the TUI.
+# apply / approve / reject / rollback / release / retry: the same behaviour from the
+# CLI, the daemon and the TUI.
 
 
 @dataclass(frozen=True)
@@ -194,15 +228,25 @@ class ApplyOutcome:
     rejected: tuple[Action, ...] = ()
     retrying: tuple[dict[str, Any], ...] = ()  # RETRY_WAIT outbox rows
     dry_run: tuple[str, ...] = ()  # lines of a dry run
+    abandoned: tuple[Action, ...] = ()  # out of retries: `certgit retry` re-arms
 
     @property
     def exit_code(self) -> int:
         """0 converged, 1 something failed, 2 waiting for approval or a retry."""
-        if self.run.failed:
+        if self.run.failed or self.abandoned:
             return 1
         if self.waiting or self.retrying or not self.final.empty:
             return 2
         return 0
+
+    @property
+    def pending(self) -> tuple[Action, ...]:
+        """Actions of the final plan that are neither waiting, rejected nor abandoned."""
+        listed = {a.id for a in (*self.waiting, *self.rejected, *self.abandoned)}
+        retrying = {str(r.get("action_id")) for r in self.retrying}
+        return tuple(
+            a for a in self.final.actions if a.id not in listed and a.id not in retrying
+        )
 
 
 def decision_for(approvals: Sequence[Mapping[str, Any]], action_id: str) -> str | None:
@@ -234,16 +278,18 @@ def apply(
     *,
     dry_run: bool = False,
     config: ExecutorConfig | None = None,
+    refresh: bool = True,
 ) -> ApplyOutcome:
-    """Poll, plan, persist plan + outbox in one transaction, run the worker, re-plan.
+    """Poll, observe, plan, persist plan + outbox in one transaction, run the worker, re-plan.
 
     Gated actions run only with an approval bound to this plan's hash.
     """
     from certgit.reconciler.executor import Executor, ExecutorConfig, RunReport
+    from certgit.reconciler.model import Drift
     from certgit.reconciler.store import outbox
 
     desired = engine.desired()
-    plan = engine.plan(desired)
+    plan = engine.plan(desired, refresh=refresh)
     if dry_run:
         lines = dry_run_lines(engine, desired, plan)
         _, waiting, rejected = _gated_split(engine.store, plan)
@@ -266,17 +312,21 @@ def apply(
         env=engine.env,
     )
     run = executor.run()
-    final = engine.plan(desired)
+    final = engine.plan(desired, refresh=refresh)
     engine.record_plan(final, actor)
     _, waiting, rejected = _gated_split(engine.store, final)
     retrying = tuple(outbox.pending_retries(engine.store))
+    abandoned = tuple(a for a in final.actions if a.drift == Drift.ABANDONED)
+    waiting = [a for a in waiting if a.drift != Drift.ABANDONED]
     if final.empty and not run.failed and desired.commit:
         engine.store.set_source_state(LAST_APPLIED_COMMIT, desired.commit)
-    return ApplyOutcome(plan, final, run, tuple(waiting), tuple(rejected), retrying)
+    return ApplyOutcome(
+        plan, final, run, tuple(waiting), tuple(rejected), retrying, abandoned=abandoned
+    )
 
 
 def dry_run_lines(engine: Engine, desired: DesiredState, plan: Plan) -> list[str]:
-    """What apply would do: preflight and grant checks per target; nothing is written."""
+    """What apply would do: preflight, grant and config checks per target; nothing is written."""
     from certgit.connectors.model import ChangeSet
     from certgit.reconciler.executor import build_bundle, default_loader, default_sandbox
     from certgit.reconciler.targets import target_spec
@@ -318,49 +368,74 @@ def dry_run_lines(engine: Engine, desired: DesiredState, plan: Plan) -> list[str
                 continue
             lines += [f"{name}: {line}" for line in check(sandbox, change)]
         except CertgitError as exc:
-            lines.append(f"{name}: WOULD FAIL: {exc}")
+            detail = getattr(exc, "detail", None)
+            lines.append(f"{name}: would fail: {exc}" + (f" ({detail})" if detail else ""))
     return lines
+
+
+class StalePlan(CertgitError):
+    """An approval named a plan that is no longer the current one."""
 
 
 def decide(
     engine: Engine, ref: str, decision: str, actor: str, reason: str
 ) -> tuple[str, str | None]:
-    """Approve or reject a plan (by hash or unique prefix) or one action of the latest plan.
+    """Approve or reject the current plan (hash or unique prefix of >= 8 hex digits), one of
+    its actions (id or prefix), or a waiting operator rollback plan.
 
     Returns (plan hash, action id or None). The decision binds to that plan
-    hash: a changed plan needs a new approval.
+    hash: a changed plan needs a new approval, and a superseded hash is refused
+    (StalePlan) with the current one in the message.
     """
     if not reason.strip():
         raise CertgitError(f"{decision} needs --reason TEXT: say why, it goes in the audit log")
-    store = engine.store
     ref = ref.strip().lower()
-    plan_hash, action_id = _resolve_ref(store, ref)
+    if len(ref) < 6 or any(c not in "0123456789abcdef" for c in ref):
+        raise CertgitError(
+            f"{ref!r} is not a plan hash or action id: give at least 8 hex digits of the plan "
+            "hash `certgit plan` prints, or an action id"
+        )
+    current = engine.plan()
+    engine.record_plan(current, actor)
+    plan_hash, action_id = _resolve_ref(engine.store, current, ref)
     now = engine.clock()
+    store = engine.store
     store.add_approval(plan_hash, action_id, decision=decision, actor=actor, reason=reason, at=now)
     store.audit(
         actor,
         f"plan.{decision}d" if decision == "approve" else "plan.rejected",
         plan_hash if action_id is None else f"{plan_hash}/{action_id}",
-        {"reason": reason, "action": action_id},
+        {"reason": reason, "action": action_id, "plan": plan_hash},
         now,
     )
     return plan_hash, action_id
 
 
-def _resolve_ref(store: Store, ref: str) -> tuple[str, str | None]:
-    if len(ref) >= 6:
-        rows = store.connection.execute(
-            "SELECT hash FROM plans WHERE hash LIKE ? || '%' ORDER BY id DESC", (ref,)
-        ).fetchall()
-        if len(rows) == 1 and (len(ref) > 12 or ref == rows[0][0]):
-            return str(rows[0][0]), None
-    latest = store.latest_plan()
-    if latest is not None:
-        ids = [str(a["id"]) for a in latest["actions"] if str(a["id"]).startswith(ref)]
-        if len(ids) == 1:
-            return str(latest["hash"]), ids[0]
+def _resolve_ref(store: Store, current: Plan, ref: str) -> tuple[str, str | None]:
+    if len(ref) >= 8 and not current.empty and current.hash.startswith(ref):
+        return current.hash, None
+    ids = [a.id for a in current.actions if a.id.startswith(ref)]
+    if len(ids) == 1:
+        return current.hash, ids[0]
+    if len(ids) > 1:
+        raise CertgitError(f"{ref!r} matches several actions ({', '.join(ids)}): give more digits")
+    matches = store.plan_hashes(ref) if len(ref) >= 8 else []
+    for found in matches:
+        saved = store.get_plan(found)
+        if saved is not None and saved.get("origin") == "operator":
+            return found, None  # a rollback waiting for approval (deterministic hash)
+    if matches:
+        now_text = (
+            f"the current plan is {current.hash}: review it with `certgit plan` and approve "
+            "that hash"
+            if not current.empty
+            else "nothing is waiting for approval now"
+        )
+        raise StalePlan(f"plan {matches[0]} is no longer current ({now_text})")
+    if len(ref) < 8 and not ids:
+        raise CertgitError(f"{ref!r} is too short for a plan hash: give at least 8 hex digits")
     raise CertgitError(
-        f"{ref!r} is neither a saved plan hash nor an action id of the latest plan: "
+        f"{ref!r} is neither a saved plan hash nor an action id of the current plan: "
         "run `certgit plan` and use the plan hash or an action id it prints"
     )
 
@@ -370,6 +445,8 @@ class RollbackOutcome:
     target: str
     versions: Mapping[str, int]  # certificate -> version deployed back
     run: RunReport
+    plan_hash: str = ""
+    waiting: tuple[Action, ...] = ()  # never served on the target and gated: need approval
 
 
 def rollback(
@@ -381,12 +458,20 @@ def rollback(
     actor: str,
     reason: str,
 ) -> RollbackOutcome:
-    """Deploy a previously recorded version through the executor and place a hold.
+    """Deploy a version the target served before, through the executor, and place a hold.
 
-    Without --to: the version before the one recorded as deployed.
+    Without --to: the version served on TARGET before the current one (its
+    deploy history), never "current number - 1". With --to a version that was
+    never served on the target, the rollback goes through the same approval
+    gate as a deploy (the plan hash is deterministic, so `certgit approve HASH`
+    followed by the same rollback command runs it). --to the version already
+    deployed repairs the target's files.
     """
-    from certgit.reconciler.executor import Executor
-    from certgit.reconciler.model import canonical_json, sha256_hex
+    from certgit.reconciler.executor import Executor, RunReport
+    from certgit.reconciler.model import ActionKind, Drift
+    from certgit.reconciler.planner import _Gate
+    from certgit.reconciler.store import outbox
+    from certgit.reconciler.store.history import previous_served, served_versions
 
     store = engine.store
     desired = engine.desired()
@@ -407,62 +492,121 @@ def rollback(
         raise CertgitError(f"nothing is recorded as deployed on {target}: nothing to roll back")
     if to_version is not None and certificate is None and len(bound) > 1:
         raise CertgitError("--to needs --certificate when the target has several certificates")
-    now = engine.clock()
-    actions: list[dict[str, Any]] = []
-    chosen: dict[str, int] = {}
+    gate = _Gate(desired)
+    actions: list[Action] = []
     for cert in bound:
         dep = recorded.deployments[(cert, target)]
-        want = to_version if to_version is not None else (dep.version or 1) - 1
+        history = store.deploy_history(target, cert)
+        if to_version is None:
+            want = previous_served(history, dep.version)
+            if want is None:
+                raise CertgitError(
+                    f"{cert} on {target}: no earlier version was served there (v{dep.version} "
+                    f"is the first on record); see `certgit history {target}`, or pass "
+                    "--certificate and --to VERSION (approval needed for a version never "
+                    "served there)"
+                )
+        else:
+            want = to_version
         versions = {v.version: v for v in store.versions(cert, include_retired=True)}
         version = versions.get(want)
         if version is None:
             raise CertgitError(
                 f"certificate {cert} has no version {want} to roll back to on {target}: "
-                f"run `certgit history {cert}` and pass --to VERSION"
+                f"run `certgit history {target}` and pass --to VERSION"
             )
-        chosen[cert] = version.version
-        action = {
-            "kind": "rollback",
-            "certificate": cert,
-            "target": target,
-            "fingerprint": version.fingerprint,
-            "version": version.version,
-            "spec_hash": version.spec_hash,
-            "drift": "held",
-            "reason": reason,
-            "gated": False,
-            "gated_by": [],
-        }
-        action["id"] = sha256_hex(canonical_json([action, now.isoformat()]))[:12]
-        actions.append(action)
-    plan_hash = sha256_hex(canonical_json(["rollback", actor, now.isoformat(), actions]))
-    for cert in bound:
-        store.add_hold(target, cert, next(
-            a["fingerprint"] for a in actions if a["certificate"] == cert
-        ), reason, actor, now)
-    store.save_plan(plan_hash, desired.commit, actions, now, enqueue=True)
+        served = served_versions(history) | ({dep.version} if dep.version else set())
+        gated_by: tuple[str, ...] = ()
+        if want not in served:
+            gated_by = gate(ActionKind.DEPLOY, cert, target)
+        actions.append(
+            Action(
+                kind=ActionKind.ROLLBACK,
+                certificate=cert,
+                target=target,
+                drift=Drift.HELD,
+                reason=f"rollback to v{want}: {reason}",
+                spec_hash=version.spec_hash,
+                fingerprint=version.fingerprint,
+                version=version.version,
+                gated_by=gated_by,
+                replaces=dep.version,
+                pinned=True,
+            )
+        )
+    plan = Plan(commit=desired.commit, actions=tuple(actions))
+    now = engine.clock()
+    store.save_plan(plan.hash, desired.commit, [a.to_dict() for a in plan.actions], now,
+                    origin="operator")
+    approved, waiting, rejected = _gated_split(store, plan)
+    if rejected:
+        raise CertgitError(
+            f"rollback plan {plan.hash} was rejected: "
+            + ", ".join(f"{a.certificate} v{a.version}" for a in rejected)
+        )
+    runnable = [a for a in plan.actions if not a.gated] + approved
+    if waiting:
+        store.audit(
+            actor, "rollback.waiting", target,
+            {"reason": reason, "plan": plan.hash,
+             "versions": {a.certificate: a.version for a in waiting}},
+            now,
+        )
+        return RollbackOutcome(target, {}, RunReport(), plan.hash, tuple(waiting))
+    chosen = {a.certificate: int(a.version or 0) for a in runnable}
+    for action in runnable:
+        store.add_hold(target, action.certificate, action.fingerprint, reason, actor, now)
+    store.enqueue_actions(plan.hash, [a.id for a in runnable], now)
     store.audit(
         actor,
         "rollback.requested",
         target,
-        {"reason": reason, "versions": chosen, "plan": plan_hash},
+        {"reason": reason, "versions": chosen, "plan": plan.hash},
         now,
     )
+    del outbox  # rollback messages are operator work: no supersede here
     executor = Executor(
         store, engine.settings.state_dir, desired, actor=actor, clock=engine.clock, env=engine.env
     )
-    run = executor.run(plan_hash=plan_hash)
-    return RollbackOutcome(target, chosen, run)
+    run = executor.run(plan_hash=plan.hash)
+    return RollbackOutcome(target, chosen, run, plan.hash)
 
 
 def release(
     engine: Engine, target: str, *, certificate: str | None, actor: str, reason: str
 ) -> int:
-    """Lift the hold(s) on a target (or one binding): Git wins again at the next apply."""
+    """Lift the hold(s) on a target (or one binding): Git wins again at the next apply.
+
+    Queued rollback work for what is released is cancelled, so a retry of a
+    failed rollback never outlives its hold.
+    """
+    from certgit.reconciler.store import outbox
+
     now = engine.clock()
     count = engine.store.release_hold(target, certificate)
+    cancelled = outbox.cancel_binding_work(
+        engine.store, now, target, certificate, kinds=("rollback",),
+        reason=f"released by {actor}",
+    )
     subject = target if certificate is None else f"{certificate} -> {target}"
     engine.store.audit(
-        actor, "hold.released", subject, {"reason": reason, "released": count}, now
+        actor, "hold.released", subject,
+        {"reason": reason, "released": count, "cancelled": cancelled}, now,
     )
+    return count
+
+
+def retry(
+    engine: Engine, target: str | None, *, certificate: str | None, actor: str, reason: str
+) -> int:
+    """Re-arm abandoned, failed and waiting actions (of one target, or all): the next
+    `apply` runs them at once with a fresh attempt budget. Audited."""
+    from certgit.reconciler.store import outbox
+
+    now = engine.clock()
+    count = outbox.rearm(engine.store, now, target, certificate)
+    subject = target or "*"
+    if certificate is not None:
+        subject = f"{certificate} -> {subject}"
+    engine.store.audit(actor, "action.retried", subject, {"reason": reason, "rearmed": count}, now)
     return count

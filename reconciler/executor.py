@@ -37,7 +37,7 @@ from certgit.connectors.model import ChangeSet, DeployReport, Removal, TargetSpe
 from certgit.connectors.model import Deployment as Bundle
 from certgit.reconciler.errors import CertgitError
 from certgit.reconciler.issuance import Issuance, IssueOutcome
-from certgit.reconciler.model import DesiredState
+from certgit.reconciler.model import DesiredState, binding_config_json, sha256_hex
 from certgit.reconciler.store import Store, outbox
 from certgit.reconciler.store.outbox import Backoff, Message
 from certgit.reconciler.targets import (
@@ -76,6 +76,9 @@ class TargetJob:
     deployments: tuple[Bundle, ...]
     removals: tuple[Removal, ...]
     recorded: Mapping[str, str | None]  # certificate -> fingerprint recorded as deployed
+    # certificate -> paths its last deploy wrote (stale ones are removed after a move)
+    recorded_paths: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    owned: frozenset[str] = frozenset()  # every path certgit wrote on this target
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class TargetCall:
     skipped: tuple[str, ...] = ()  # certificates already deployed and observed the same
     recovered: tuple[str, ...] = ()  # lines from crash recovery
     error: BaseException | None = None
+    relocated: tuple[Removal, ...] = ()  # stale files of moved bindings, removed too
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class TargetResult:
     validated: bool = False
     verified: bool = False
     error: str | None = None
+    failed: Mapping[str, str] = field(default_factory=dict)  # certificate -> why (left out)
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,11 @@ class RunReport:
     @property
     def failed(self) -> bool:
         bad = ("failed", "abandoned")
-        return bool(self.issue_errors) or any(t.status in bad for t in self.targets)
+        return (
+            bool(self.issue_errors)
+            or any(t.status in bad for t in self.targets)
+            or any(t.failed for t in self.targets)
+        )
 
 
 class Executor:
@@ -142,7 +151,8 @@ class Executor:
         self.clock = clock
         self.config = config
         self.owner = outbox.new_owner()
-        self.issuance = Issuance(store, state_dir, env=os.environ if env is None else env)
+        self.env: Mapping[str, str] = os.environ if env is None else env
+        self.issuance = Issuance(store, state_dir, env=self.env)
         self._load = connector_loader or default_loader
         self._sandbox = sandbox_factory or default_sandbox
         self._recover = recover or default_recover
@@ -230,7 +240,7 @@ class Executor:
                 results.append(TargetResult(name, "failed", error=error))
                 continue
             try:
-                spec = target_spec(target, self.state_dir)
+                spec = target_spec(target, self.state_dir, env=self.env)
             except CertgitError as exc:
                 self._fail(msgs, str(exc), temporary=False)
                 results.append(TargetResult(name, "failed", error=str(exc)))
@@ -251,10 +261,13 @@ class Executor:
                     )
                     continue
                 if last.kind == "remove":
+                    dep = recorded.deployments.get((cert_name, name))
                     removals.append(
-                        Removal(cert_name, binding_overrides(
-                            self.desired.certificates.get(cert_name), name
-                        ))
+                        Removal(
+                            cert_name,
+                            binding_overrides(self.desired.certificates.get(cert_name), name),
+                            paths=_key_first(dep.files) if dep is not None else (),
+                        )
                     )
                     group[cert_name] = cert_msgs
                     continue
@@ -285,6 +298,17 @@ class Executor:
                         )
                         for b in bundles
                     },
+                    recorded_paths={
+                        b.certificate: tuple(p for p, _r, _s in d.files)
+                        for b in bundles
+                        if (d := recorded.deployments.get((b.certificate, name))) and d.files
+                    },
+                    owned=frozenset(
+                        path
+                        for (_c, t), d in recorded.deployments.items()
+                        if t == name
+                        for path, _r, _s in d.files
+                    ),
                 )
             )
         return jobs, groups, results
@@ -302,27 +326,76 @@ class Executor:
             with _target_lock(name, job.spec.work_dir):
                 connector = self._load(job.connector_type)
                 sandbox = self._sandbox(connector, job.spec)
-                recovered = tuple(self._recover(sandbox.transport, job.spec.work_dir))
-                todo: list[Bundle] = []
-                skipped: list[str] = []
-                for bundle in job.deployments:
-                    if job.recorded.get(bundle.certificate) == bundle.fingerprint and _observed(
-                        connector, sandbox, job.spec, bundle
-                    ):
-                        skipped.append(bundle.certificate)
-                        continue
-                    todo.append(bundle)
-                if not todo and not job.removals:
-                    return TargetCall(name, None, tuple(skipped), recovered)
-                change = ChangeSet(job.spec, tuple(todo), job.removals)
+                recovered = tuple(self._recover_target(sandbox, job.spec))
+                # No skip on "recorded and observed the same": a repair must rewrite a
+                # key file whose certificate file is intact. The SDK's SHA-256
+                # short-circuit makes a finished deploy a no-op (no validate, no reload).
+                relocated = _relocations(connector, job)
+                if not job.deployments and not job.removals:
+                    return TargetCall(name, None, (), recovered)
+                change = ChangeSet(
+                    job.spec, job.deployments, (*job.removals, *relocated), owned=job.owned
+                )
                 report = connector.deploy(sandbox, change)
-                return TargetCall(name, report, tuple(skipped), recovered)
+                return TargetCall(name, report, (), recovered, relocated=relocated)
         except Exception as exc:  # any failure is this target's alone
             return TargetCall(name, error=exc)
+
+    def _recover_target(self, sandbox: Any, spec: TargetSpec) -> list[str]:
+        """Crash recovery with the sealed-backup key and the sandbox's grants (if it has them)."""
+        if self._recover is not default_recover:
+            return list(self._recover(sandbox.transport, spec.work_dir))
+        return default_recover(
+            sandbox.transport,
+            spec.work_dir,
+            spec.backup_key,
+            allowed_exec=getattr(sandbox, "check_exec", None),
+            allowed_write=getattr(sandbox, "check_write", None),
+        )
 
     # ------------------------------------------------------------------ recording
 
     def _record(
+        self, job: TargetJob, call: TargetCall, group: Mapping[str, list[Message]]
+    ) -> TargetResult:
+        """Record what happened on one target; a failure here is this target's alone."""
+        try:
+            return self._record_target(job, call, group)
+        except Exception as exc:  # never abort the other targets' recording
+            error = f"{type(exc).__name__}: {exc}"
+            try:
+                self.store.audit(self.actor, "deploy.record_failed", job.spec.name,
+                                 {"error": error}, self.clock())
+            except Exception:  # the store itself is failing; the result says it
+                pass
+            return TargetResult(job.spec.name, "failed",
+                                error=f"recording the outcome failed: {error}")
+
+    def _history(self, job: TargetJob, bundle: Bundle, msgs: Sequence[Message]) -> dict[str, Any]:
+        last = msgs[-1] if msgs else None
+        kind = "deploy"
+        if last is not None and last.kind == "rollback":
+            kind = "rollback"
+        elif job.recorded.get(bundle.certificate) == bundle.fingerprint:
+            kind = "repair"
+        return {
+            "kind": kind,
+            "actor": self.actor,
+            "commit": self.desired.commit,
+            "plan_hash": last.plan_hash if last else None,
+            "action_id": last.action_id if last else None,
+        }
+
+    def _config(self, certificate: str, target: str) -> tuple[str, str] | None:
+        tgt = self.desired.targets.get(target)
+        if tgt is None:
+            return None
+        text = binding_config_json(
+            tgt, binding_overrides(self.desired.certificates.get(certificate), target)
+        )
+        return sha256_hex(text), text
+
+    def _record_target(
         self, job: TargetJob, call: TargetCall, group: Mapping[str, list[Message]]
     ) -> TargetResult:
         now = self.clock()
@@ -330,26 +403,51 @@ class Executor:
         messages = [m for msgs in group.values() for m in msgs]
         versions = {b.certificate: b.version for b in job.deployments}
         if call.error is None:
-            for bundle in job.deployments:
+            report = call.report
+            failed = dict(report.failed) if report is not None else {}
+            done = [b for b in job.deployments if b.certificate not in failed]
+            for bundle in done:
+                written = report.written.get(bundle.certificate) if report is not None else None
                 self.store.record_deployment(
                     bundle.certificate,
                     name,
                     fingerprint=bundle.fingerprint,
                     version=bundle.version,
                     at=now,
+                    files=written,
+                    config=self._config(bundle.certificate, name),
+                    history=self._history(job, bundle, group.get(bundle.certificate, ())),
                 )
             for removal in job.removals:
-                self.store.remove_deployment(removal.certificate, name)
-            outbox.complete(self.store, messages, self.owner, now)
-            report = call.report
+                self.store.remove_deployment(
+                    removal.certificate, name, at=now,
+                    history={"actor": self.actor, "commit": self.desired.commit},
+                )
+            ok = [m for m in messages if m.certificate not in failed]
+            outbox.complete(self.store, ok, self.owner, now)
+            for cert in {m.certificate for m in ok}:
+                outbox.cancel_binding_work(
+                    self.store, now, name, cert, states=("ABANDONED",),
+                    reason="superseded by a successful deploy",
+                )
+            for cert, why in sorted(failed.items()):
+                bundle = next(b for b in job.deployments if b.certificate == cert)
+                self.store.record_deployment(
+                    cert, name, fingerprint=bundle.fingerprint, version=bundle.version,
+                    at=now, error=why,
+                )
+                self._fail(list(group.get(cert, ())), why, temporary=False)
             details: dict[str, Any] = {
-                "fingerprints": {b.certificate: b.fingerprint for b in job.deployments},
+                "fingerprints": {b.certificate: b.fingerprint for b in done},
                 "removed": [r.certificate for r in job.removals],
-                "skipped": list(call.skipped),
+                "relocated": [p for r in call.relocated for p in r.paths],
+                "failed": failed,
                 "changed": bool(report and report.changed),
                 "validated": bool(report and report.validated),
                 "reloaded": bool(report and report.reloaded),
                 "verified": bool(report and report.verified),
+                "plans": sorted({m.plan_hash for m in messages}),
+                "actions": sorted(m.action_id for m in messages),
             }
             if call.recovered:
                 details["recovered"] = list(call.recovered)
@@ -359,11 +457,12 @@ class Executor:
             return TargetResult(
                 name,
                 "deployed" if report is not None and report.changed else "unchanged",
-                certificates=versions,
+                certificates={c: v for c, v in versions.items() if c not in failed},
                 removed=tuple(r.certificate for r in job.removals),
                 reloaded=details["reloaded"],
                 validated=details["validated"],
                 verified=details["verified"],
+                failed=failed,
             )
         exc = call.error
         error = f"{type(exc).__name__}: {exc}"
@@ -371,8 +470,6 @@ class Executor:
             isinstance(exc, OSError)
         )
         for bundle in job.deployments:
-            if bundle.certificate in call.skipped:
-                continue
             self.store.record_deployment(
                 bundle.certificate, name, fingerprint=bundle.fingerprint, version=bundle.version,
                 at=now, error=error,
@@ -388,6 +485,8 @@ class Executor:
                 "rolled_back": rolled_back,
                 "fingerprints": {b.certificate: b.fingerprint for b in job.deployments},
                 "recovered": list(call.recovered),
+                "plans": sorted({m.plan_hash for m in messages}),
+                "actions": sorted(m.action_id for m in messages),
             },
             now,
         )
@@ -443,6 +542,9 @@ def build_bundle(
         )
     cert_pem, chain_pem, key_pem = store.version_material(cert_name, chosen.version)
     desired_cert = desired.certificates.get(cert_name)
+    overrides = binding_overrides(desired_cert, target)
+    verify = overrides.get("verify")
+    tgt = desired.targets.get(target)
     return Bundle(
         certificate=cert_name,
         version=chosen.version,
@@ -450,18 +552,41 @@ def build_bundle(
         cert_pem=cert_pem,
         chain_pem=chain_pem,
         key_pem=key_pem,
-        overrides=binding_overrides(desired_cert, target),
+        overrides=overrides,
         dns_names=tuple(desired_cert.dns_names) if desired_cert else (),
+        server_name=verify.get("serverName") if isinstance(verify, Mapping) else None,
+        verify=verify is not False,
+        adopt=bool(overrides.get("adopt")) or bool(tgt is not None and tgt.adopt),
     )
 
 
-def _observed(connector: Any, sandbox: Any, spec: TargetSpec, bundle: Bundle) -> bool:
-    """True when the target is seen serving/holding exactly `bundle`; unsure means False."""
-    try:
-        seen = connector.observe(sandbox, spec, bundle.certificate, bundle.overrides)
-    except Exception:  # an unreadable target proves nothing: deploy (the SDK short-circuits)
-        return False
-    return seen.error is None and seen.fingerprint == bundle.fingerprint
+_KEY_ROLES = ("key", "combined")
+
+
+def _key_first(files: Sequence[tuple[str, str, str]]) -> tuple[str, ...]:
+    """Recorded paths with the private key files first: a half-done removal leaves no key."""
+    ordered = sorted(files, key=lambda f: (f[1] not in _KEY_ROLES, f[0]))
+    return tuple(path for path, _role, _sha in ordered)
+
+
+def _relocations(connector: Any, job: TargetJob) -> tuple[Removal, ...]:
+    """Files a moved binding wrote at its old location (another directory, other names)."""
+    file_specs = getattr(connector, "file_specs", None)
+    if file_specs is None or not job.recorded_paths:
+        return ()
+    stale: list[Removal] = []
+    for bundle in job.deployments:
+        old = job.recorded_paths.get(bundle.certificate)
+        if not old:
+            continue
+        try:
+            new = {spec.path for spec in file_specs(job.spec, bundle)}
+        except CertgitError:
+            continue  # the deploy itself reports the bad settings
+        gone = tuple(p for p in old if p not in new)
+        if gone:
+            stale.append(Removal(bundle.certificate, paths=gone, relocation=True))
+    return tuple(stale)
 
 
 @contextmanager

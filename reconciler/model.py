@@ -131,7 +131,7 @@ class Certificate:
         return self.duration * pct / 100
 
     def spec_hash(self) -> str:
-        """Hash of everything whose change requires a new certificate (SANs, key, issuer)."""
+        """Hash of what needs a new certificate when it changes: SANs, key, issuer, duration."""
         return self._spec_hash
 
     @cached_property
@@ -147,9 +147,37 @@ class Certificate:
                     "alg": str(self.key.algorithm),
                     "size": self.key.size,
                     "issuer": self.issuer_ref,
+                    # a new lifetime needs a new certificate too (`~ duration: 90d → 30d`)
+                    "duration": int(self.duration.total_seconds()),
                 }
             )
         )
+
+    def issued_spec(self) -> dict[str, Any]:
+        """The fields a version is issued from, as recorded with it: the input of field diffs."""
+        return {
+            "commonName": self.common_name,
+            "dnsNames": sorted(self.dns_names),
+            "ipAddresses": sorted(self.ip_addresses),
+            "key": key_label(self.key.algorithm, self.key.size),
+            "issuer": self.issuer_ref,
+            "duration": _format_span(self.duration),
+        }
+
+
+def key_label(algorithm: str, size: int | None) -> str:
+    """`ECDSA P-256`, `RSA 2048`, `Ed25519`: how operators name key types."""
+    if str(algorithm) == "ECDSA":
+        return f"ECDSA P-{size}"
+    if str(algorithm) == "RSA":
+        return f"RSA {size}"
+    return str(algorithm)
+
+
+def _format_span(value: timedelta) -> str:
+    from certgit.reconciler.durations import format_duration
+
+    return format_duration(value)
 
 
 @dataclass(frozen=True)
@@ -176,6 +204,7 @@ class Target:
     verify: VerifySpec | None = None
     approval: ApprovalHook | None = None
     source: SourceRef | None = None
+    adopt: bool = False  # may overwrite files certgit did not write (backed up, audited)
 
 
 @dataclass(frozen=True)
@@ -232,6 +261,8 @@ class CertificateVersion:
     not_after: datetime
     spec_hash: str  # Certificate.spec_hash() it was issued for
     issued_at: datetime
+    # Certificate.issued_spec() as JSON text, parsed only for field diffs (None: older store)
+    spec_json: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -246,6 +277,12 @@ class Deployment:
     last_error: str | None = None  # set when the last attempt failed
     attempts: int = 0  # consecutive failed attempts
     last_attempt_fingerprint: str | None = None
+    # What the last successful deploy wrote: (path, role, SHA-256) per file. Empty for
+    # connectors that deploy through an API, and for rows older than this field.
+    files: tuple[tuple[str, str, str], ...] = ()
+    # binding_config_hash() of the target settings and overrides it was deployed with
+    config_hash: str | None = None
+    config_json: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -272,10 +309,20 @@ class RecordedState:
     deployments: Mapping[tuple[str, str], Deployment] = field(default_factory=dict)
     holds: tuple[Hold, ...] = ()
     last_applied_commit: str | None = None
+    # action id -> (attempts, last error) of actions out of retries (ABANDONED outbox rows)
+    abandoned: Mapping[str, tuple[int, str]] = field(default_factory=dict)
 
     def latest(self, certificate: str) -> CertificateVersion | None:
         versions = self.versions.get(certificate, ())
         return versions[-1] if versions else None
+
+    def version(self, certificate: str, number: int | None) -> CertificateVersion | None:
+        if number is None:
+            return None
+        for v in self.versions.get(certificate, ()):
+            if v.version == number:
+                return v
+        return None
 
     def hold_for(self, certificate: str, target: str) -> Hold | None:
         for hold in self.holds:
@@ -296,6 +343,7 @@ class LiveObservation:
     fingerprint: str | None  # leaf served / found; None if absent
     observed_at: datetime
     error: str | None = None  # observation failed: no conclusion about drift
+    files: Mapping[str, str | None] = field(default_factory=dict)  # path -> SHA-256 or None
 
 
 # --------------------------------------------------------------------------- plan
@@ -318,3 +366,44 @@ class Drift(StrEnum):
     ORPHANED = "orphaned"
     HELD = "held"
     FAILING = "failing"
+    ABANDONED = "abandoned"  # out of retries: `certgit retry` re-arms
+    EXPIRED = "expired"  # the deployed version is past notAfter
+    UNKNOWN = "unknown"  # the observation failed: neither drift nor in sync
+
+
+# Most urgent first: how status and the TUI order bindings.
+DRIFT_URGENCY = {
+    Drift.EXPIRED: 0,
+    Drift.FAILING: 1,
+    Drift.ABANDONED: 2,
+    Drift.MODIFIED: 3,
+    Drift.MISSING: 4,
+    Drift.UNKNOWN: 5,
+    Drift.EXPIRING: 6,
+    Drift.OUTDATED: 7,
+    Drift.HELD: 8,
+    Drift.ORPHANED: 9,
+    Drift.NONE: 10,
+}
+
+
+def binding_config_hash(target: Target, overrides: Mapping[str, Any]) -> str:
+    """What a binding is deployed *with*: target type, transport, settings and overrides.
+
+    A change here (another directory, other file names, modes) redeploys the
+    binding even when the certificate did not change. Verify settings are left
+    out: they change how a deploy is checked, not what is written.
+    """
+    return sha256_hex(binding_config_json(target, overrides))
+
+
+def binding_config_json(target: Target, overrides: Mapping[str, Any]) -> str:
+    return canonical_json(
+        {
+            "type": target.type,
+            "transport": dict(target.transport),
+            "settings": dict(target.settings),
+            "files": overrides.get("files"),
+            "directory": overrides.get("directory"),
+        }
+    )

@@ -15,21 +15,26 @@ Target's own approval hook gates it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
 from certgit.reconciler.model import (
+    DRIFT_URGENCY,
     ActionKind,
+    Binding,
     Certificate,
     CertificateVersion,
+    Deployment,
     DesiredState,
     Drift,
     LiveObservation,
     RecordedState,
     Target,
+    binding_config_json,
     canonical_json,
     sha256_hex,
 )
@@ -52,7 +57,11 @@ class Action:
     `fingerprint` is the leaf SHA-256 the binding converges to; it is None for
     an issue/renew and for the deploys that follow it, because the new
     certificate does not exist until the plan runs (`spec_hash` pins what it
-    will contain). `version` names the recorded version a deploy converges to.
+    will contain). `version` names the recorded version a deploy converges to;
+    `pinned` says that version is the point (repair, rollback, remove) rather
+    than "the newest version of this spec". `replaces` is the version deployed
+    now. `changes` are field-level lines for people (`~ key: RSA 2048 → ECDSA
+    P-256`); like `reason` and `drift` they describe, they are not identity.
     """
 
     kind: ActionKind
@@ -64,26 +73,38 @@ class Action:
     fingerprint: str | None = None
     version: int | None = None
     gated_by: tuple[str, ...] = ()
+    replaces: int | None = None
+    pinned: bool = False
+    config_hash: str | None = None
+    changes: tuple[str, ...] = ()
 
     @property
     def gated(self) -> bool:
         return bool(self.gated_by)
 
+    def identity(self) -> list[Any]:
+        """What the action does: the same before and after an issuance, whatever the reason.
+
+        A deploy that converges to "the newest version of spec S, replacing v1"
+        keeps its identity when the issue action before it ran (its version
+        becomes known) and when an attempt failed (its reason changes), so an
+        approval and a retry schedule survive both. A pinned version (repair,
+        rollback, remove) is part of the identity.
+        """
+        return [
+            str(self.kind),
+            self.certificate,
+            self.target,
+            self.spec_hash,
+            self.replaces,
+            self.version if self.pinned else None,
+            self.config_hash,
+        ]
+
     @cached_property
     def id(self) -> str:
         """Stable identity: what the action does, not why (reasons may reword)."""
-        return sha256_hex(
-            canonical_json(
-                [
-                    str(self.kind),
-                    self.certificate,
-                    self.target,
-                    self.spec_hash,
-                    self.fingerprint,
-                    self.version,
-                ]
-            )
-        )[:12]
+        return sha256_hex(canonical_json(self.identity()))[:12]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +119,10 @@ class Action:
             "version": self.version,
             "gated": self.gated,
             "gated_by": list(self.gated_by),
+            "replaces": self.replaces,
+            "pinned": self.pinned,
+            "config_hash": self.config_hash,
+            "changes": list(self.changes),
         }
 
     def sort_key(self) -> tuple[str, int, str]:
@@ -136,15 +161,26 @@ class Plan:
     # Until this instant the same desired, recorded and live state give this
     # same plan: the next renewal threshold (or `now` when a reason is time-relative).
     stable_until: datetime | None = field(default=None, compare=False)
+    # The hash of the saved plan this one continues (its actions are a subset of
+    # that plan's): set by the engine, so an approval survives partial progress.
+    lineage: str | None = field(default=None, compare=False)
 
     @cached_property
-    def hash(self) -> str:
-        """Stable over the actions (kind, subject, convergence point, gating, reason).
+    def own_hash(self) -> str:
+        """Over the actions' identities and gating only: never reasons, errors or times.
 
         The commit id is left out on purpose: a commit that changes nothing
         certgit acts on must not void an approval.
         """
-        return sha256_hex(canonical_json([a.to_dict() for a in self.actions]))
+        return sha256_hex(canonical_json([[*a.identity(), a.gated] for a in self.actions]))
+
+    @property
+    def hash(self) -> str:
+        return self.lineage or self.own_hash
+
+    @cached_property
+    def action_ids(self) -> frozenset[str]:
+        return frozenset(a.id for a in self.actions)
 
     @property
     def empty(self) -> bool:
@@ -153,6 +189,11 @@ class Plan:
     @property
     def gated(self) -> tuple[Action, ...]:
         return tuple(a for a in self.actions if a.gated)
+
+    def attention(self) -> tuple[BindingStatus, ...]:
+        """Bindings that are not in sync, most urgent first (expired, failing, ...)."""
+        rows = [b for b in self.bindings if b.drift != Drift.NONE]
+        return tuple(sorted(rows, key=lambda b: (DRIFT_URGENCY[b.drift], b.certificate, b.target)))
 
     def to_dict(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
@@ -251,6 +292,7 @@ def diff(
     if now.tzinfo is None:
         raise ValueError("diff() needs a timezone-aware `now`")
     gate = _Gate(desired)
+    configs = _Configs(desired)
     actions: list[Action] = []
     statuses: list[BindingStatus] = []
     # The earliest instant at which `now` alone would change this plan.
@@ -263,12 +305,15 @@ def diff(
         new_version: ActionKind | None = None
         reason = ""
         drift = Drift.NONE
+        changes: tuple[str, ...] = ()
         if latest is None:
             new_version, drift = ActionKind.ISSUE, Drift.MISSING
             reason = "no certificate issued yet"
+            changes = tuple(_spec_lines(None, cert.issued_spec()))
         elif latest.spec_hash != spec:
             new_version, drift = ActionKind.ISSUE, Drift.OUTDATED
-            reason = f"spec changed since v{latest.version} (names, key or issuer)"
+            reason = f"spec changed since v{latest.version}"
+            changes = tuple(_spec_lines(latest.spec_json, cert.issued_spec()))
         else:
             due = _renewal_due(cert, latest, now)
             if due is not None:
@@ -277,25 +322,37 @@ def diff(
             else:
                 stable_until = min(stable_until, latest.not_after - renew_before_for(cert, latest))
         if new_version is not None:
-            actions.append(
-                Action(
-                    kind=new_version,
-                    certificate=name,
-                    target=None,
-                    drift=drift,
-                    reason=reason,
-                    spec_hash=spec,
-                    gated_by=gate(new_version, name, None),
-                )
+            issue = Action(
+                kind=new_version,
+                certificate=name,
+                target=None,
+                drift=drift,
+                reason=reason,
+                spec_hash=spec,
+                gated_by=gate(new_version, name, None),
+                replaces=latest.version if latest else None,
+                changes=changes,
             )
+            given_up = recorded.abandoned.get(issue.id)
+            if given_up is not None:
+                issue = replace(
+                    issue,
+                    drift=Drift.ABANDONED,
+                    reason=f"{reason}; issuance abandoned after {given_up[0]} attempts: "
+                    f"{given_up[1]}; `certgit retry` re-arms it",
+                )
+            actions.append(issue)
 
         bindings = cert.deploy_to
         if len(bindings) > 1:
             bindings = tuple(sorted(bindings, key=lambda b: b.target))
         for binding in bindings:
             status, action = _plan_binding(
-                cert, binding.target, spec, latest, new_version, drift, reason, recorded, live, gate
+                cert, binding, spec, latest, new_version, drift, reason, recorded, live, gate,
+                configs, now,
             )
+            if status.not_after is not None and status.drift != Drift.EXPIRED:
+                stable_until = min(stable_until, max(status.not_after, now))
             statuses.append(status)
             if action is not None:
                 actions.append(action)
@@ -313,6 +370,8 @@ def diff(
         if hold is not None:
             statuses.append(_held(cert_name, target_name, dep, hold.reason, recorded))
             continue
+        if dep.fingerprint is None:
+            continue  # never deployed: nothing on the target to clean up
         if target_name not in desired.targets:
             why = "target no longer defined: restore the Target or clean it up by hand"
         elif prune:
@@ -330,19 +389,21 @@ def diff(
                 _not_after(recorded, cert_name, dep.version),
             )
         )
-        if prune and target_name in desired.targets and dep.fingerprint is not None:
-            actions.append(
-                Action(
-                    kind=ActionKind.REMOVE,
-                    certificate=cert_name,
-                    target=target_name,
-                    drift=Drift.ORPHANED,
-                    reason=why,
-                    fingerprint=dep.fingerprint,
-                    version=dep.version,
-                    gated_by=gate(ActionKind.REMOVE, cert_name, target_name),
-                )
+        if prune and target_name in desired.targets:
+            remove = Action(
+                kind=ActionKind.REMOVE,
+                certificate=cert_name,
+                target=target_name,
+                drift=Drift.ORPHANED,
+                reason=why,
+                fingerprint=dep.fingerprint,
+                version=dep.version,
+                gated_by=gate(ActionKind.REMOVE, cert_name, target_name),
+                replaces=dep.version,
+                pinned=True,
+                changes=tuple(f"- {path}" for path, _role, _sha in dep.files),
             )
+            actions.append(_abandoned(remove, recorded, target_name))
 
     if orphans_seen:
         # Certificates and their bindings were visited in order; only orphans need merging.
@@ -356,13 +417,89 @@ def diff(
     )
 
 
+class _Configs:
+    """binding_config_hash per (target, overrides), computed once per target when possible."""
+
+    def __init__(self, desired: DesiredState) -> None:
+        self._targets = desired.targets
+        self._plain: dict[str, tuple[str, str]] = {}
+
+    def __call__(self, target: str, overrides: Mapping[str, Any]) -> tuple[str, str] | None:
+        tgt = self._targets.get(target)
+        if tgt is None:
+            return None
+        if not overrides.get("files") and not overrides.get("directory"):
+            cached = self._plain.get(target)
+            if cached is None:
+                text = binding_config_json(tgt, {})
+                cached = self._plain[target] = (sha256_hex(text), text)
+            return cached
+        text = binding_config_json(tgt, overrides)
+        return sha256_hex(text), text
+
+
+def _abandoned(action: Action, recorded: RecordedState, target: str) -> Action:
+    given_up = recorded.abandoned.get(action.id)
+    if given_up is None:
+        return action
+    return replace(
+        action,
+        drift=Drift.ABANDONED,
+        reason=f"abandoned after {given_up[0]} attempts: {given_up[1]}; "
+        f"`certgit retry {target}` re-arms it",
+    )
+
+
+def _spec_lines(before_json: str | None, after: Mapping[str, Any]) -> Iterator[str]:
+    """Field-level lines: `+ dnsNames: a`, `- dnsNames: b`, `~ key: RSA 2048 → ECDSA P-256`."""
+    before: Mapping[str, Any] = json.loads(before_json) if before_json else {}
+    for key, new in after.items():
+        old = before.get(key)
+        if isinstance(new, list) or isinstance(old, list):
+            old_set, new_set = set(old or ()), set(new or ())
+            for item in sorted(new_set - old_set):
+                yield f"+ {key}: {item}"
+            for item in sorted(old_set - new_set):
+                yield f"- {key}: {item}"
+        elif before and old != new:
+            yield f"~ {key}: {_show(old)} → {_show(new)}"
+        elif not before and new is not None:
+            yield f"+ {key}: {new}"
+
+
+def _config_lines(before_json: str | None, after_json: str) -> Iterator[str]:
+    """`~ directory: /a → /b`, `~ files.key: x → y` between two binding configs."""
+    if not before_json:
+        yield "~ target settings changed"
+        return
+    before = _flatten(json.loads(before_json))
+    after = _flatten(json.loads(after_json))
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            label = key.removeprefix("settings.")
+            yield f"~ {label}: {_show(before.get(key))} → {_show(after.get(key))}"
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
 def _not_after(recorded: RecordedState, certificate: str, version: int | None) -> datetime | None:
-    if version is None:
-        return None
-    for v in recorded.versions.get(certificate, ()):
-        if v.version == version:
-            return v.not_after
-    return None
+    found = recorded.version(certificate, version)
+    return found.not_after if found is not None else None
 
 
 def _held(
@@ -381,9 +518,34 @@ def _held(
     )
 
 
+def _live_drift(dep: Deployment, observed: LiveObservation) -> tuple[Drift, str] | None:
+    """MISSING / MODIFIED from what is on the target, compared with what was written."""
+    if dep.files:
+        gone = [path for path, _role, _sha in dep.files if observed.files.get(path, "") is None]
+        if gone:
+            return Drift.MISSING, f"{', '.join(gone)} gone from the target: removed out of band"
+        changed = [
+            path
+            for path, _role, sha in dep.files
+            if path in observed.files and observed.files[path] != sha
+        ]
+        if changed:
+            return (
+                Drift.MODIFIED,
+                f"{', '.join(changed)} differs from what certgit wrote: modified out of band",
+            )
+        if any(path in observed.files for path, _r, _s in dep.files):
+            return None
+    if observed.fingerprint is None:
+        return Drift.MISSING, "missing on target: removed out of band"
+    if observed.fingerprint != dep.fingerprint:
+        return Drift.MODIFIED, "live sha differs from recorded: modified out of band"
+    return None
+
+
 def _plan_binding(
     cert: Certificate,
-    target: str,
+    binding: Binding,
     spec: str,
     latest: CertificateVersion | None,
     new_version: ActionKind | None,
@@ -392,78 +554,140 @@ def _plan_binding(
     recorded: RecordedState,
     live: Mapping[tuple[str, str], LiveObservation],
     gate: _Gate,
+    configs: _Configs,
+    now: datetime,
 ) -> tuple[BindingStatus, Action | None]:
     """Status and action (if any) for one binding."""
     name = cert.name
+    target = binding.target
     dep = recorded.deployments.get((name, target))
     deployed_fp = dep.fingerprint if dep else None
     deployed_version = dep.version if dep else None
-    not_after = _not_after(recorded, name, deployed_version)
+    deployed = recorded.version(name, deployed_version)
+    not_after = deployed.not_after if deployed is not None else None
 
     hold = recorded.hold_for(name, target)
     if hold is not None:
         return _held(name, target, dep, hold.reason, recorded), None
 
-    def status(drift: Drift, reason: str) -> BindingStatus:
-        return BindingStatus(name, target, drift, reason, deployed_fp, deployed_version, not_after)
+    config = configs(target, binding.overrides)
+    config_hash = config[0] if config else None
+    observed = live.get((name, target))
 
-    def result(
-        drift: Drift, reason: str, fingerprint: str | None, version: int | None
-    ) -> tuple[BindingStatus, Action]:
-        action = Action(
-            kind=ActionKind.DEPLOY,
-            certificate=name,
-            target=target,
-            drift=drift,
-            reason=reason,
-            spec_hash=spec,
-            fingerprint=fingerprint,
-            version=version,
-            gated_by=gate(ActionKind.DEPLOY, name, target),
+    def finish(
+        drift: Drift,
+        reason: str,
+        *,
+        fingerprint: str | None = None,
+        version: int | None = None,
+        pinned: bool = False,
+        changes: tuple[str, ...] = (),
+        act: bool = True,
+    ) -> tuple[BindingStatus, Action | None]:
+        action = None
+        if act:
+            action = _abandoned(
+                Action(
+                    kind=ActionKind.DEPLOY,
+                    certificate=name,
+                    target=target,
+                    drift=drift,
+                    reason=reason,
+                    spec_hash=spec,
+                    fingerprint=fingerprint,
+                    version=version,
+                    gated_by=gate(ActionKind.DEPLOY, name, target),
+                    replaces=deployed_version,
+                    pinned=pinned,
+                    config_hash=config_hash,
+                    changes=changes,
+                ),
+                recorded,
+                target,
+            )
+            drift, reason = action.drift, action.reason
+        if not_after is not None and not_after <= now:
+            # Whatever else is true, a certificate past notAfter is served broken.
+            reason = (
+                f"v{deployed_version} expired {format_span(now - not_after)} ago "
+                f"({not_after:%Y-%m-%d %H:%M} UTC); {reason}"
+            )
+            drift = Drift.EXPIRED
+        elif observed is not None and observed.error is not None and drift == Drift.NONE:
+            drift, reason = Drift.UNKNOWN, f"could not observe the target: {observed.error}"
+        status = BindingStatus(
+            name, target, drift, reason, deployed_fp, deployed_version, not_after
         )
-        return status(drift, reason), action
+        return status, action
 
+    failing = dep is not None and dep.last_error is not None
+    failure = (
+        f"last attempt failed ({dep.attempts}x): {dep.last_error}"
+        if dep is not None and dep.last_error
+        else ""
+    )
     if new_version is not None:
         if deployed_fp is None:
-            return result(Drift.MISSING, f"never deployed; {cert_reason}", None, None)
-        return result(cert_drift, f"replace v{deployed_version}: {cert_reason}", None, None)
+            why = f"never deployed; {cert_reason}"
+            return finish(Drift.FAILING if failing else Drift.MISSING,
+                          f"{why}; {failure}" if failing else why)
+        why = f"replace v{deployed_version}: {cert_reason}"
+        if cert_drift == Drift.EXPIRING and deployed is not None:
+            why = (
+                f"v{deployed_version} deployed expires in {format_span(deployed.not_after - now)}"
+                f" ({deployed.not_after:%Y-%m-%d %H:%M} UTC); renewing"
+            )
+        return finish(Drift.FAILING if failing else cert_drift,
+                      f"{why}; {failure}" if failing else why)
 
     assert latest is not None  # no new version means one is recorded
-    failing = dep is not None and dep.last_error is not None
     if deployed_fp is None:
         if failing:
-            assert dep is not None
-            return result(
-                Drift.FAILING,
-                f"never deployed; last attempt failed ({dep.attempts}x): {dep.last_error}",
-                latest.fingerprint,
-                latest.version,
-            )
-        return result(Drift.MISSING, "never deployed", latest.fingerprint, latest.version)
+            return finish(Drift.FAILING, f"never deployed; {failure}",
+                          fingerprint=latest.fingerprint, version=latest.version)
+        return finish(Drift.MISSING, "never deployed",
+                      fingerprint=latest.fingerprint, version=latest.version)
     if deployed_fp != latest.fingerprint:
         if failing:
-            assert dep is not None
-            return result(
+            return finish(
                 Drift.FAILING,
-                f"v{deployed_version} deployed, v{latest.version} failed "
-                f"({dep.attempts}x): {dep.last_error}",
-                latest.fingerprint,
-                latest.version,
+                f"v{deployed_version} deployed, v{latest.version} {failure}",
+                fingerprint=latest.fingerprint, version=latest.version,
             )
-        return result(
+        return finish(
             Drift.OUTDATED,
             f"v{deployed_version} deployed, v{latest.version} is current",
-            latest.fingerprint,
-            latest.version,
+            fingerprint=latest.fingerprint, version=latest.version,
+            changes=(f"~ version: v{deployed_version} → v{latest.version}",),
         )
-
-    observed = live.get((name, target))
-    if observed is not None and observed.error is None and observed.fingerprint != deployed_fp:
-        why = (
-            "missing on target: removed out of band"
-            if observed.fingerprint is None
-            else "live sha differs from recorded: modified out of band"
+    assert dep is not None
+    if config is not None and dep.config_hash is not None and dep.config_hash != config_hash:
+        lines = tuple(_config_lines(dep.config_json, config[1]))
+        return finish(
+            Drift.OUTDATED,
+            "target settings or file names changed: redeploy to the new location",
+            fingerprint=latest.fingerprint, version=latest.version, changes=lines,
         )
-        return result(Drift.MODIFIED, why, latest.fingerprint, latest.version)
-
-    return status(Drift.NONE, "in sync"), None
+    if observed is not None and observed.error is None:
+        seen = _live_drift(dep, observed)
+        if seen is not None:
+            drift, why = seen
+            if failing:
+                why = f"{why}; repair {failure}"
+                drift = Drift.FAILING
+            return finish(drift, why, fingerprint=deployed_fp, version=deployed_version,
+                          pinned=True)
+    if failing:
+        # A repair or redeploy of the same version failed and nothing else differs now.
+        return finish(Drift.FAILING, failure, fingerprint=deployed_fp, version=deployed_version,
+                      pinned=True)
+    if deployed is not None:
+        left = deployed.not_after - now
+        window = renew_before_for(cert, deployed)
+        if timedelta(0) < left <= window:
+            return finish(
+                Drift.EXPIRING,
+                f"v{deployed_version} expires in {format_span(left)}",
+                act=False,
+            )
+    return finish(Drift.NONE, "in sync", act=False)

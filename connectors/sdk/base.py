@@ -13,7 +13,7 @@ import posixpath
 import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from certgit.connectors.errors import CertgitError, PreflightFailed
@@ -38,6 +38,12 @@ __all__ = ["Connector", "FileConnector", "FileSettings", "FileSpec"]
 
 ROLES = ("certificate", "chain", "fullchain", "key", "combined")
 KEY_ROLES = frozenset({"key", "combined"})  # files holding the private key get keyMode
+
+# Key types as the loader and preflight name them: "<algorithm>-<bits>", or "Ed25519".
+KEY_TYPES = ("ECDSA-256", "ECDSA-384", "RSA-2048", "RSA-3072", "RSA-4096", "Ed25519")
+# What a connector accepts unless it records otherwise: everything but Ed25519, which
+# not every TLS stack serves. Connectors for real servers record what was measured.
+DEFAULT_ACCEPTED_KEYS = frozenset(KEY_TYPES) - {"Ed25519"}
 
 
 def file_roles(**templates: str) -> Mapping[str, str | None]:
@@ -171,9 +177,16 @@ class FileConnector:
     default_group: ClassVar[str | None] = None
     validate_command: ClassVar[tuple[str, ...] | None] = None
     reload_command: ClassVar[tuple[str, ...] | None] = None
-    accepts_ed25519: ClassVar[bool] = False
+    # Key types the server really serves (KEY_TYPES names). Preflight refuses the others,
+    # and the loader warns when a Certificate's key type is not here for a bound Target.
+    accepted_keys: ClassVar[frozenset[str]] = DEFAULT_ACCEPTED_KEYS
     # How `validate_only` points the config test at staged new files (sdk/staging.py).
     config_test: ClassVar[ServerTest | None] = None
+
+    @property
+    def accepts_ed25519(self) -> bool:
+        """True when "Ed25519" is in `accepted_keys` (kept for older callers)."""
+        return "Ed25519" in self.accepted_keys
 
     # -- settings -------------------------------------------------------------------------
 
@@ -365,13 +378,15 @@ class FileConnector:
         """Refuse an unusable bundle before anything is written (PreflightFailed)."""
         from certgit.connectors.sdk.preflight import preflight
 
-        preflight(deployment, accepts_ed25519=self.accepts_ed25519)
+        preflight(deployment, accepted_keys=self.accepted_keys)
 
     def plan_files(self, change: ChangeSet) -> tuple[list[FileSpec], list[str]]:
         """Preflight every deployment and collect (files to write, paths to delete).
 
         Raises PreflightFailed before anything is written when a bundle is
-        unusable or two bindings would write the same path.
+        unusable or two bindings would write the same path. Removals delete the
+        paths their deploy recorded (key files first), or, without a record,
+        every path the binding would have written.
         """
         target = change.target
         for deployment in change.deployments:
@@ -384,16 +399,60 @@ class FileConnector:
                 specs.append(spec)
         deletes: list[str] = []
         for removal in change.removals:
-            for path in self.removal_paths(target, removal):
+            paths = list(removal.paths) or self.removal_paths(target, removal)
+            for path in paths:
                 if path in owners:
                     continue  # a deployment rewrites the file this removal would delete
                 _claim(owners, path, f"{removal.certificate} (removed)", target.name)
                 deletes.append(path)
         return specs, deletes
 
+    def isolate(self, sandbox: Sandbox, change: ChangeSet) -> tuple[ChangeSet, dict[str, str]]:
+        """Per-binding isolation: (the change without unusable bindings, certificate -> why).
+
+        A binding whose bundle fails preflight (key type, chain, dates) or whose
+        files would overwrite files certgit did not write (first contact, without
+        `adopt`) is left out; the rest of the target's change set goes ahead.
+        """
+        failed: dict[str, str] = {}
+        keep: list[Deployment] = []
+        for deployment in change.deployments:
+            try:
+                self.preflight(deployment)
+                if change.owned is not None and not deployment.adopt:
+                    self._check_first_contact(sandbox, change, deployment)
+            except PreflightFailed as exc:
+                failed[deployment.certificate] = str(exc)
+                continue
+            keep.append(deployment)
+        if not failed:
+            return change, failed
+        return replace(change, deployments=tuple(keep)), failed
+
+    def _check_first_contact(
+        self, sandbox: Sandbox, change: ChangeSet, deployment: Deployment
+    ) -> None:
+        owned = change.owned or frozenset()
+        for spec in self.file_specs(change.target, deployment):
+            if spec.path in owned:
+                continue
+            current = sandbox.file_sha256(spec.path)
+            if current is not None and current != hashlib.sha256(spec.content).hexdigest():
+                raise PreflightFailed(
+                    f"certificate {deployment.certificate}: {spec.path} already exists and "
+                    "certgit did not write it (its content differs); refusing to overwrite "
+                    "it. Set `adopt: true` on the deployTo entry or the Target to take it "
+                    "over (the old file is backed up), or point the binding at another file",
+                    target=change.target.name,
+                )
+
     def deploy(self, sandbox: Sandbox, change: ChangeSet) -> DeployReport:
-        """Preflight all → one atomic apply of every file (one validate, one reload) → verify."""
+        """Isolate unusable bindings → one atomic apply of every file → verify each binding."""
         target = change.target
+        change, failed = self.isolate(sandbox, change)
+        if failed and not change.deployments and not change.removals:
+            # Nothing usable is left: the whole change failed, as one error.
+            raise PreflightFailed("; ".join(failed.values()), target=target.name)
         specs, deletes = self.plan_files(change)
         settings = self.settings(target)
         verify = self._verifier(sandbox, change)
@@ -404,8 +463,12 @@ class FileConnector:
             work_dir=target.work_dir,
             verify=verify,
             remove=deletes,
-            backup_key=target.backup_key,
         )
+        written: dict[str, list[tuple[str, str, str]]] = {}
+        for spec in specs:
+            written.setdefault(spec.certificate, []).append(
+                (spec.path, spec.role, hashlib.sha256(spec.content).hexdigest())
+            )
         return DeployReport(
             target=target.name,
             changed=result.changed,
@@ -414,6 +477,8 @@ class FileConnector:
             verified=result.verified,
             files=dict(result.files),
             fingerprints={d.certificate: d.fingerprint for d in change.deployments},
+            written={cert: tuple(files) for cert, files in written.items()},
+            failed=failed,
         )
 
     def observe(
@@ -514,24 +579,59 @@ class FileConnector:
         config = change.target.verify
         if config is None or not change.deployments:
             return None
-        expected = expected_fingerprint(config, change.deployments)
-        if expected is None:
+        pairs = expected_pairs(config, change.deployments)
+        if not pairs:
             return None
         from certgit.connectors.sdk.verify import verify_with_retry
 
-        def fingerprint() -> str:
-            return sandbox.tls_leaf_fingerprint(
-                config.host, config.port, config.server_name, timeout=config.timeout
-            )
+        def check(server_name: str | None, expected: str) -> None:
+            def fingerprint() -> str:
+                return sandbox.tls_leaf_fingerprint(
+                    config.host, config.port, server_name, timeout=config.timeout
+                )
+
+            verify_with_retry(fingerprint, expected, replace(config, server_name=server_name))
 
         def verify() -> None:
-            verify_with_retry(fingerprint, expected, config)
+            # Each binding with its own SNI: a target serving several certificates
+            # is checked for every one this change put in place.
+            for server_name, expected in pairs:
+                check(server_name, expected)
 
         return verify
 
 
+def expected_pairs(
+    config: VerifyConfig, deployments: Sequence[Deployment]
+) -> list[tuple[str | None, str]]:
+    """(SNI, fingerprint) for every binding the verify endpoint must serve after this change.
+
+    A binding's own `server_name` wins; else the target's serverName when the
+    certificate carries that name; else the certificate's first DNS name. A
+    binding with no name at all is checked only when it is the sole deployment
+    (with the target's serverName, or no SNI).
+    """
+    pairs: list[tuple[str | None, str]] = []
+    for deployment in deployments:
+        if not deployment.verify:
+            continue
+        name = deployment.server_name
+        if name is None and config.server_name and any(
+            _name_matches(n, config.server_name) for n in deployment.dns_names
+        ):
+            name = config.server_name
+        if name is None:
+            name = next((n for n in deployment.dns_names if not n.startswith("*.")), None)
+        if name is None and len(deployments) == 1:
+            pairs.append((config.server_name, deployment.fingerprint))
+            continue
+        if name is not None:
+            pairs.append((name, deployment.fingerprint))
+    return pairs
+
+
 def expected_fingerprint(config: VerifyConfig, deployments: Sequence[Deployment]) -> str | None:
-    """The fingerprint the verify endpoint must serve after this change, if one is decidable.
+    """The fingerprint the verify endpoint must serve for the target's own serverName.
 
     The deployment whose dns_names match the SNI name, else the only deployment.
     With several deployments and no match there is nothing to compare: None.

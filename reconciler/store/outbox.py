@@ -170,15 +170,18 @@ def fail(
     backoff: Backoff = Backoff(),
     rng: random.Random | None = None,
 ) -> dict[int, str]:
-    """Record a failed attempt: RETRY_WAIT with backoff, ABANDONED at max attempts, or FAILED.
+    """Record a failed attempt: RETRY_WAIT with backoff, ABANDONED at max attempts.
 
+    A permanent error is retried too: what makes it fail (a broken server
+    config, a refused file) is usually fixed by the operator, and the next
+    attempt must not need a new plan. `temporary` is kept for the callers'
+    wording; the attempt budget bounds both kinds.
     Returns message id -> the state it was moved to.
     """
+    del temporary
     states: dict[int, str] = {}
     for m in messages:
-        if not temporary:
-            state, next_at = "FAILED", None
-        elif m.attempts >= backoff.max_attempts:
+        if m.attempts >= backoff.max_attempts:
             state, next_at = "ABANDONED", None
         else:
             state = "RETRY_WAIT"
@@ -281,3 +284,76 @@ def counts(store: Store, plan_hash: str | None = None) -> dict[str, int]:
 def pending_retries(store: Store) -> list[dict[str, Any]]:
     """RETRY_WAIT messages with when they run next and why they failed."""
     return [r for r in store.outbox_rows() if r["state"] == "RETRY_WAIT"]
+
+
+def rearm(store: Store, now: datetime, target: str | None, certificate: str | None = None) -> int:
+    """`certgit retry`: ABANDONED, FAILED and waiting messages run again at once, attempts reset.
+
+    Only the newest row per action is re-armed; older plans' copies are cancelled
+    so one action never runs twice.
+    """
+    stamp = db_timestamp(now)
+    with store.transaction() as conn:
+        rows = conn.execute(
+            "SELECT id, action_id, target, payload_json FROM outbox "
+            "WHERE state IN ('ABANDONED', 'FAILED', 'RETRY_WAIT') ORDER BY id DESC"
+        ).fetchall()
+        seen: set[str] = set()
+        count = 0
+        for row_id, action_id, row_target, payload in rows:
+            if target is not None and row_target != target:
+                continue
+            if certificate is not None and json.loads(payload).get("certificate") != certificate:
+                continue
+            if action_id in seen:
+                conn.execute(
+                    "UPDATE outbox SET state = 'CANCELLED', updated_at = ? WHERE id = ?",
+                    (stamp, row_id),
+                )
+                continue
+            seen.add(action_id)
+            conn.execute(
+                "UPDATE outbox SET state = 'PENDING', attempts = 0, next_attempt_at = ?, "
+                "lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
+                (stamp, stamp, row_id),
+            )
+            count += 1
+    return count
+
+
+def cancel_binding_work(
+    store: Store,
+    now: datetime,
+    target: str,
+    certificate: str | None,
+    *,
+    kinds: Sequence[str] | None = None,
+    states: Sequence[str] = ("PENDING", "RETRY_WAIT", "ABANDONED"),
+    reason: str,
+) -> int:
+    """Cancel queued (PENDING / RETRY_WAIT / ABANDONED) messages of a binding or target.
+
+    `certgit release` cancels the rollback work it releases, so a retry never
+    outlives its hold; a successful deploy clears older abandoned copies.
+    """
+    stamp = db_timestamp(now)
+    with store.transaction() as conn:
+        marks = ",".join("?" * len(states))
+        rows = conn.execute(
+            f"SELECT id, payload_json FROM outbox WHERE target = ? AND state IN ({marks})",
+            (target, *states),
+        ).fetchall()
+        chosen = []
+        for row_id, payload in rows:
+            data = json.loads(payload)
+            if certificate is not None and data.get("certificate") != certificate:
+                continue
+            if kinds is not None and data.get("kind") not in kinds:
+                continue
+            chosen.append(row_id)
+        conn.executemany(
+            "UPDATE outbox SET state = 'CANCELLED', updated_at = ?, "
+            "last_error = COALESCE(last_error || '; ', '') || ? WHERE id = ?",
+            [(stamp, reason, i) for i in chosen],
+        )
+    return len(chosen)

@@ -12,11 +12,13 @@ text (microseconds, ``+00:00``) in SQLite, so text order is time order.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shlex
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +27,7 @@ from typing import Any, Self
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from certgit.reconciler.errors import StoreError
+from certgit.reconciler.errors import StateIncomplete, StateMissing, StoreError
 from certgit.reconciler.model import (
     CertificateVersion,
     Deployment,
@@ -40,7 +42,9 @@ from certgit.reconciler.sealing import (
     Sealer,
     load_master_key,
 )
+from certgit.reconciler.statedir import CA_DIR_NAME, check_private_dir
 from certgit.reconciler.store import audit as _audit
+from certgit.reconciler.store import history as _history
 from certgit.reconciler.store.migrate import connect, migrate
 
 __all__ = ["DB_FILE_NAME", "LAST_APPLIED_COMMIT", "LAST_SEEN_COMMIT", "Store"]
@@ -53,6 +57,7 @@ _META_KEY_ID = "master_key_id"
 _VERSION_COLUMNS = (
     "certificate, version, fingerprint, serial, not_before, not_after, spec_hash, issued_at"
 )
+_VERSION_COLUMNS_SPEC = _VERSION_COLUMNS + ", spec_json"
 
 
 def db_timestamp(at: datetime) -> str:
@@ -102,11 +107,96 @@ def _version_from_row(row: Sequence[Any]) -> CertificateVersion:
         not_after=_dt(row[5]),
         spec_hash=row[6],
         issued_at=_dt(row[7]),
+        spec_json=row[8] if len(row) > 8 else None,
     )
+
+
+def _files(text: str | None) -> tuple[tuple[str, str, str], ...]:
+    if not text:
+        return ()
+    return tuple((str(p), str(r), str(h)) for p, r, h in json.loads(text))
 
 
 def _key_aad(certificate: str, fingerprint: str) -> bytes:
     return f"{certificate}:{fingerprint}".encode()
+
+
+# ---------------------------------------------------------------------- first contact
+
+
+def _exists(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise StoreError(
+            f"cannot read state directory {path} ({exc.strerror}): check its owner and "
+            "permissions, or choose another --state-dir"
+        ) from None
+    return True
+
+
+def _has_store(db_path: Path) -> bool:
+    """A state.db with content (a SQLite store has at least one 4 KiB page once created)."""
+    try:
+        return db_path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def _state_missing(state_dir: Path, why: str) -> StateMissing:
+    return StateMissing(
+        f"no certgit state in {state_dir} ({why}): run `certgit init` to create it "
+        "(`certgit apply` also creates it on first use), or check --state-dir / "
+        "CERTGIT_STATE_DIR"
+    )
+
+
+@contextmanager
+def _dir_lock(state_dir: Path) -> Iterator[None]:
+    """An exclusive flock(2) on the state directory itself: creates no file."""
+    try:
+        fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot open state directory {state_dir} ({exc.strerror}): check its owner "
+            "and permissions"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _check_first_contact(state_dir: Path, db_path: Path, *, create: bool) -> bool:
+    """Under the directory lock: True when a store must be created now.
+
+    False when another process finished creating it meanwhile. Raises
+    `StateIncomplete` when a master key or CA is left without its store, and
+    `StateMissing` when there is no store and `create` is False.
+    """
+    if _has_store(db_path):
+        return False
+    how = "is empty (zero bytes)" if db_path.exists() else "is missing"
+    leftovers = [
+        name
+        for name in (KEY_FILE_NAME, f"{CA_DIR_NAME}/")
+        if os.path.lexists(state_dir / name.rstrip("/"))
+    ]
+    if leftovers:
+        moved = shlex.quote(f"{state_dir}.old")
+        raise StateIncomplete(
+            f"{state_dir} holds {' and '.join(leftovers)} but its state store {db_path} {how}: "
+            "this is a lost or damaged store, not a fresh state directory, and certgit will "
+            "not start a second store (and a second CA) beside it. Restore "
+            f"{DB_FILE_NAME} from a backup, or move the directory aside to start fresh "
+            f"(`mv {shlex.quote(str(state_dir))} {moved}`)"
+        )
+    if not create:
+        raise _state_missing(state_dir, f"{DB_FILE_NAME} {how}")
+    return True
 
 
 class Store:
@@ -117,6 +207,7 @@ class Store:
         self._conn = conn
         self._sealer = sealer
         self.path = path
+        self.created = False  # True when `open` created this store
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -125,6 +216,7 @@ class Store:
         cls,
         state_dir: Path,
         *,
+        create: bool = True,
         master_key: bytes | None = None,
         env: Mapping[str, str] = os.environ,
     ) -> Store:
@@ -133,40 +225,58 @@ class Store:
         Creates the directory with mode 0700 and the database with mode 0600. The
         master key comes from ``master_key`` or `load_master_key`; a key that
         differs from the one the store was first opened with is refused.
+
+        With ``create=False`` a missing directory or store raises `StateMissing`
+        and nothing at all is created. Either way a master key or CA directory
+        without a non-empty state.db raises `StateIncomplete` (a lost store is
+        never silently replaced), and a directory writable by group/other or
+        owned by another user raises `UnsafeStateDir`. `created` on the result
+        says whether this call made the store.
         """
         state_dir = Path(state_dir)
-        if not state_dir.exists():
+        db_path = state_dir / DB_FILE_NAME
+        if not _exists(state_dir):
+            if not create:
+                raise _state_missing(state_dir, "the directory does not exist")
             try:
                 state_dir.mkdir(mode=0o700, parents=True)
                 os.chmod(state_dir, 0o700)  # mkdir's mode is filtered by the umask
             except FileExistsError:
-                pass  # created concurrently; keep whatever mode its creator chose
+                pass  # created concurrently; its mode is checked below
             except OSError as exc:
                 raise StoreError(
                     f"cannot create state directory {state_dir} ({exc.strerror}): "
                     "create it yourself (mode 0700) or choose another --state-dir"
                 ) from None
-        db_path = state_dir / DB_FILE_NAME
-        if master_key is None:
-            key_file = state_dir / KEY_FILE_NAME
-            from_env = env.get(ENV_KEY_FILE) or env.get(ENV_KEY)
-            if not from_env and db_path.exists() and not key_file.exists():
-                # Generating a fresh key here would only fail later, and leave a wrong key.
-                raise StoreError(
-                    f"state store {db_path} exists but its master key {key_file} is missing: "
-                    f"restore that file from a backup, or set {ENV_KEY_FILE} / {ENV_KEY} to "
-                    "the key the store was created with"
-                )
-            master_key = load_master_key(state_dir, env)
-        sealer = Sealer(master_key)
-        conn = connect(db_path)
-        store = cls(conn, sealer, db_path)
-        try:
-            migrate(conn, where=str(db_path))
-            store._check_master_key()
-        except BaseException:
-            conn.close()
-            raise
+        check_private_dir(state_dir)
+        with ExitStack() as first_contact:
+            created = False
+            if not _has_store(db_path):
+                # Decide "fresh" under a lock on the directory, so a concurrent first
+                # open is waited for instead of being mistaken for a lost store.
+                first_contact.enter_context(_dir_lock(state_dir))
+                created = _check_first_contact(state_dir, db_path, create=create)
+            if master_key is None:
+                key_file = state_dir / KEY_FILE_NAME
+                from_env = env.get(ENV_KEY_FILE) or env.get(ENV_KEY)
+                if not from_env and not created and not key_file.exists():
+                    # Generating a fresh key here would only fail later, and leave a wrong key.
+                    raise StoreError(
+                        f"state store {db_path} exists but its master key {key_file} is "
+                        f"missing: restore that file from a backup, or set {ENV_KEY_FILE} / "
+                        f"{ENV_KEY} to the key the store was created with"
+                    )
+                master_key = load_master_key(state_dir, env)
+            sealer = Sealer(master_key)
+            conn = connect(db_path)
+            store = cls(conn, sealer, db_path)
+            store.created = created
+            try:
+                migrate(conn, where=str(db_path))
+                store._check_master_key()
+            except BaseException:
+                conn.close()
+                raise
         return store
 
     def _check_master_key(self) -> None:
@@ -259,8 +369,12 @@ class Store:
         key_pem: bytes,
         spec_hash: str,
         issued_at: datetime,
+        spec: Mapping[str, Any] | None = None,
     ) -> CertificateVersion:
-        """Record a newly issued certificate as the next version; the key is sealed."""
+        """Record a newly issued certificate as the next version; the key is sealed.
+
+        `spec` is what it was issued from (Certificate.issued_spec()), kept for field diffs.
+        """
         try:
             leaf = x509.load_pem_x509_certificate(cert_pem)
         except ValueError:
@@ -296,12 +410,13 @@ class Store:
                 spec_hash,
                 db_timestamp(issued_at),
             )
+            spec_json = None if spec is None else canonical_json(dict(spec))
             conn.execute(
-                f"INSERT INTO certificate_versions ({_VERSION_COLUMNS}, cert_pem, chain_pem,"
-                " key_sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*row, cert_pem, chain_pem, sealed),
+                f"INSERT INTO certificate_versions ({_VERSION_COLUMNS}, spec_json, cert_pem, "
+                "chain_pem, key_sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, spec_json, cert_pem, chain_pem, sealed),
             )
-        return _version_from_row(row)
+        return _version_from_row((*row, spec_json))
 
     @staticmethod
     def _check_key_pair(certificate: str, leaf: x509.Certificate, key_pem: bytes) -> None:
@@ -343,7 +458,7 @@ class Store:
         CertificateVersion
     ]:
         """Every recorded version of one certificate, oldest first."""
-        sql = f"SELECT {_VERSION_COLUMNS} FROM certificate_versions WHERE certificate = ?"
+        sql = f"SELECT {_VERSION_COLUMNS_SPEC} FROM certificate_versions WHERE certificate = ?"
         if not include_retired:
             sql += " AND retired_at IS NULL"
         rows = self._conn.execute(sql + " ORDER BY version", (certificate,)).fetchall()
@@ -370,21 +485,50 @@ class Store:
         version: int | None,
         at: datetime,
         error: str | None = None,
+        files: Sequence[tuple[str, str, str]] | None = None,
+        config: tuple[str, str] | None = None,
+        history: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record a deploy attempt. A failure keeps the last successful fingerprint/version."""
+        """Record a deploy attempt. A failure keeps the last successful fingerprint/version.
+
+        On success `files` ((path, role, sha256) written) and `config` ((hash, json) of
+        the binding config) replace the recorded ones, and `history` (kind, actor,
+        commit, plan_hash, action_id) appends a deploy_history row when the version
+        served on the target changed (or the files were repaired).
+        """
         stamp = db_timestamp(at)
         with self.transaction() as conn:
             if error is None:
+                before = conn.execute(
+                    "SELECT fingerprint, version FROM deployments "
+                    "WHERE certificate = ? AND target = ?",
+                    (certificate, target),
+                ).fetchone()
+                files_json = None if files is None else canonical_json([list(f) for f in files])
+                config_hash, config_json = config if config is not None else (None, None)
                 conn.execute(
                     "INSERT INTO deployments (certificate, target, fingerprint, version, "
-                    "updated_at, last_error, attempts, last_attempt_fingerprint) "
-                    "VALUES (?, ?, ?, ?, ?, NULL, 0, ?) "
+                    "updated_at, last_error, attempts, last_attempt_fingerprint, files_json, "
+                    "config_hash, config_json) "
+                    "VALUES (?, ?, ?, ?, ?, NULL, 0, ?, ?, ?, ?) "
                     "ON CONFLICT (certificate, target) DO UPDATE SET "
                     "fingerprint = excluded.fingerprint, version = excluded.version, "
                     "updated_at = excluded.updated_at, last_error = NULL, attempts = 0, "
-                    "last_attempt_fingerprint = excluded.last_attempt_fingerprint",
-                    (certificate, target, fingerprint, version, stamp, fingerprint),
+                    "last_attempt_fingerprint = excluded.last_attempt_fingerprint, "
+                    "files_json = COALESCE(excluded.files_json, deployments.files_json), "
+                    "config_hash = COALESCE(excluded.config_hash, deployments.config_hash), "
+                    "config_json = COALESCE(excluded.config_json, deployments.config_json)",
+                    (certificate, target, fingerprint, version, stamp, fingerprint,
+                     files_json, config_hash, config_json),
                 )
+                if history is not None and fingerprint is not None and version is not None:
+                    changed = before is None or before[0] != fingerprint
+                    if changed or history.get("kind") in ("repair", "rollback"):
+                        _history.append(
+                            conn, certificate, target, version, fingerprint,
+                            before[1] if before else None, before[0] if before else None,
+                            history, stamp,
+                        )
             else:
                 conn.execute(
                     "INSERT INTO deployments (certificate, target, fingerprint, version, "
@@ -397,13 +541,35 @@ class Store:
                     (certificate, target, stamp, error, fingerprint),
                 )
 
-    def remove_deployment(self, certificate: str, target: str) -> None:
+    def remove_deployment(
+        self,
+        certificate: str,
+        target: str,
+        *,
+        at: datetime | None = None,
+        history: Mapping[str, Any] | None = None,
+    ) -> None:
         """Forget a binding's deployment (after a successful remove action)."""
         with self.transaction() as conn:
+            before = conn.execute(
+                "SELECT fingerprint, version FROM deployments WHERE certificate = ? AND target = ?",
+                (certificate, target),
+            ).fetchone()
             conn.execute(
                 "DELETE FROM deployments WHERE certificate = ? AND target = ?",
                 (certificate, target),
             )
+            if history is not None and at is not None and before and before[0] is not None:
+                _history.append(
+                    conn, certificate, target, int(before[1] or 0), str(before[0]),
+                    before[1], before[0], {**history, "kind": "remove"}, db_timestamp(at),
+                )
+
+    def deploy_history(
+        self, target: str | None = None, certificate: str | None = None
+    ) -> list[_history.HistoryEntry]:
+        """Versions that went live per (certificate, target), oldest first."""
+        return _history.read(self._conn, target=target, certificate=certificate)
 
     # ------------------------------------------------------------------ holds
 
@@ -449,11 +615,15 @@ class Store:
         at: datetime,
         *,
         enqueue: bool = False,
+        origin: str = "git",
     ) -> int:
         """Persist a plan (idempotent on its hash) and return its id.
 
         With ``enqueue`` the plan's non-gated actions become PENDING outbox rows in
-        the same transaction (the outbox pattern); re-enqueueing is a no-op.
+        the same transaction (the outbox pattern); re-enqueueing is a no-op. An
+        action that is ABANDONED under another plan stays abandoned (until
+        `certgit retry`): a re-plan must not reset its attempts. `origin` is 'git'
+        for plans of the desired state, 'operator' for rollbacks.
         """
         stamp = db_timestamp(at)
         with self.transaction() as conn:
@@ -462,9 +632,10 @@ class Store:
                 plan_id = int(row[0])
             else:
                 cur = conn.execute(
-                    "INSERT INTO plans (hash, commit_id, created_at, actions_json) "
-                    "VALUES (?, ?, ?, ?)",
-                    (plan_hash, commit, stamp, canonical_json([dict(a) for a in actions])),
+                    "INSERT INTO plans (hash, commit_id, created_at, actions_json, origin) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (plan_hash, commit, stamp, canonical_json([dict(a) for a in actions]),
+                     origin),
                 )
                 plan_id = int(cur.lastrowid or 0)
                 conn.executemany(
@@ -495,10 +666,45 @@ class Store:
     def _enqueue(
         conn: sqlite3.Connection, plan_hash: str, actions: Sequence[Mapping[str, Any]], stamp: str
     ) -> int:
+        ids = [str(a["id"]) for a in actions]
+        abandoned: dict[str, tuple[int, str | None]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for action_id, attempts, error in conn.execute(
+                "SELECT action_id, attempts, last_error FROM outbox WHERE state = 'ABANDONED' "
+                f"AND plan_hash != ? AND action_id IN ({marks})",
+                (plan_hash, *chunk),
+            ):
+                abandoned[str(action_id)] = (int(attempts), error)
+        if abandoned:
+            conn.executemany(
+                "INSERT OR IGNORE INTO outbox (plan_hash, action_id, target, payload_json, "
+                "state, attempts, last_error, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 'ABANDONED', ?, ?, ?, ?)",
+                [
+                    (plan_hash, str(a["id"]), a.get("target"), canonical_json(dict(a)),
+                     abandoned[str(a["id"])][0], abandoned[str(a["id"])][1], stamp, stamp)
+                    for a in actions
+                    if str(a["id"]) in abandoned
+                ],
+            )
+            actions = [a for a in actions if str(a["id"]) not in abandoned]
+        # An action the current plan still needs runs again even if an earlier run of
+        # the same plan finished it (files changed behind certgit's back since) or a
+        # hold cancelled it; its payload follows the plan (the version may be known now).
         cur = conn.executemany(
-            "INSERT OR IGNORE INTO outbox (plan_hash, action_id, target, payload_json, "
+            "INSERT INTO outbox (plan_hash, action_id, target, payload_json, "
             "state, created_at, updated_at, next_attempt_at) "
-            "VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, 'PENDING', ?, ?, ?) "
+            "ON CONFLICT (plan_hash, action_id) DO UPDATE SET "
+            "payload_json = excluded.payload_json, "
+            "attempts = CASE WHEN outbox.state = 'COMPLETED' THEN 0 ELSE outbox.attempts END, "
+            "state = CASE WHEN outbox.state IN ('COMPLETED', 'CANCELLED') THEN 'PENDING' "
+            "ELSE outbox.state END, "
+            "next_attempt_at = CASE WHEN outbox.state IN ('COMPLETED', 'CANCELLED') "
+            "THEN excluded.next_attempt_at ELSE outbox.next_attempt_at END, "
+            "updated_at = excluded.updated_at",
             [
                 (plan_hash, str(a["id"]), a.get("target"), canonical_json(dict(a)), stamp, stamp,
                  stamp)
@@ -527,15 +733,29 @@ class Store:
         """The saved plan: id, hash, commit, created_at, actions (as saved); None if unknown."""
         return self._get_plan(self._conn, plan_hash)
 
-    def latest_plan(self) -> dict[str, Any] | None:
-        """The most recently saved plan, or None."""
-        row = self._conn.execute("SELECT hash FROM plans ORDER BY id DESC LIMIT 1").fetchone()
+    def latest_plan(self, origin: str | None = None) -> dict[str, Any] | None:
+        """The most recently saved plan (of one origin: 'git' or 'operator'), or None."""
+        if origin is None:
+            row = self._conn.execute("SELECT hash FROM plans ORDER BY id DESC LIMIT 1").fetchone()
+        else:
+            row = self._conn.execute(
+                "SELECT hash FROM plans WHERE origin = ? ORDER BY id DESC LIMIT 1", (origin,)
+            ).fetchone()
         return None if row is None else self._get_plan(self._conn, row[0])
+
+    def plan_hashes(self, prefix: str) -> list[str]:
+        """Saved plan hashes starting with `prefix`, newest first."""
+        rows = self._conn.execute(
+            "SELECT hash FROM plans WHERE substr(hash, 1, ?) = ? ORDER BY id DESC",
+            (len(prefix), prefix),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
 
     @staticmethod
     def _get_plan(conn: sqlite3.Connection, plan_hash: str) -> dict[str, Any] | None:
         row = conn.execute(
-            "SELECT id, hash, commit_id, created_at, actions_json FROM plans WHERE hash = ?",
+            "SELECT id, hash, commit_id, created_at, actions_json, origin FROM plans "
+            "WHERE hash = ?",
             (plan_hash,),
         ).fetchone()
         if row is None:
@@ -546,6 +766,7 @@ class Store:
             "commit": row[2],
             "created_at": _dt(row[3]),
             "actions": json.loads(row[4]),
+            "origin": row[5],
         }
 
     def outbox_rows(self, plan_hash: str | None = None) -> list[dict[str, Any]]:
@@ -624,12 +845,17 @@ class Store:
         """Everything the planner needs, from one snapshot; one query per table, no blobs."""
         with self.transaction(write=False) as conn:
             version_rows = conn.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM certificate_versions "
+                f"SELECT {_VERSION_COLUMNS_SPEC} FROM certificate_versions "
                 "WHERE retired_at IS NULL ORDER BY certificate, version"
             ).fetchall()
             deployment_rows = conn.execute(
                 "SELECT certificate, target, fingerprint, version, updated_at, last_error, "
-                "attempts, last_attempt_fingerprint FROM deployments"
+                "attempts, last_attempt_fingerprint, files_json, config_hash, config_json "
+                "FROM deployments"
+            ).fetchall()
+            abandoned_rows = conn.execute(
+                "SELECT action_id, attempts, COALESCE(last_error, '') FROM outbox "
+                "WHERE state = 'ABANDONED' ORDER BY id"
             ).fetchall()
             hold_rows = conn.execute(
                 "SELECT target, certificate, fingerprint, reason, created_by, created_at "
@@ -643,7 +869,15 @@ class Store:
             grouped.setdefault(row[0], []).append(_version_from_row(row))
         # Column order matches the dataclasses' field order.
         deployments = {
-            (r[0], r[1]): Deployment(*r[:4], _dt(r[4]), *r[5:]) for r in deployment_rows
+            (r[0], r[1]): Deployment(
+                *r[:4],
+                _dt(r[4]),
+                *r[5:8],
+                files=_files(r[8]),
+                config_hash=r[9],
+                config_json=r[10],
+            )
+            for r in deployment_rows
         }
         holds = tuple(Hold(*r[:5], _dt(r[5])) for r in hold_rows)
         return RecordedState(
@@ -651,6 +885,7 @@ class Store:
             deployments=deployments,
             holds=holds,
             last_applied_commit=None if commit_row is None else str(commit_row[0]),
+            abandoned={str(a): (int(n), str(e)) for a, n, e in abandoned_rows},
         )
 
     # ------------------------------------------------------------------ audit

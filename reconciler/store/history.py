@@ -1,0 +1,125 @@
+"""Per-target deploy history: every version that went live on a target, and what it replaced.
+
+Rollback walks this table, not version numbers: "the version served before the
+current one" is the `replaced_version` of the row that put the current version
+there. A version number that never appears here for a target was never served
+there, so deploying it goes through the same approval gate as any deploy.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+KINDS = ("deploy", "repair", "rollback", "remove", "adopt")
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One change of what a target serves for one certificate."""
+
+    id: int
+    certificate: str
+    target: str
+    version: int
+    fingerprint: str
+    replaced_version: int | None
+    replaced_fingerprint: str | None
+    kind: str
+    actor: str
+    commit: str | None
+    plan_hash: str | None
+    action_id: str | None
+    deployed_at: datetime
+
+
+def append(
+    conn: sqlite3.Connection,
+    certificate: str,
+    target: str,
+    version: int,
+    fingerprint: str,
+    replaced_version: int | None,
+    replaced_fingerprint: str | None,
+    info: Mapping[str, Any],
+    stamp: str,
+) -> None:
+    """Add one row inside the caller's transaction."""
+    kind = str(info.get("kind") or "deploy")
+    if kind not in KINDS:
+        raise ValueError(f"deploy history kind {kind!r} is not one of {KINDS}")
+    conn.execute(
+        "INSERT INTO deploy_history (certificate, target, version, fingerprint, "
+        "replaced_version, replaced_fingerprint, kind, actor, commit_id, plan_hash, action_id, "
+        "deployed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            certificate,
+            target,
+            version,
+            fingerprint,
+            replaced_version,
+            replaced_fingerprint,
+            kind,
+            str(info.get("actor") or "certgit"),
+            info.get("commit"),
+            info.get("plan_hash"),
+            info.get("action_id"),
+            stamp,
+        ),
+    )
+
+
+def read(
+    conn: sqlite3.Connection, *, target: str | None = None, certificate: str | None = None
+) -> list[HistoryEntry]:
+    sql = (
+        "SELECT id, certificate, target, version, fingerprint, replaced_version, "
+        "replaced_fingerprint, kind, actor, commit_id, plan_hash, action_id, deployed_at "
+        "FROM deploy_history"
+    )
+    where: list[str] = []
+    params: list[str] = []
+    if target is not None:
+        where.append("target = ?")
+        params.append(target)
+    if certificate is not None:
+        where.append("certificate = ?")
+        params.append(certificate)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    rows = conn.execute(sql + " ORDER BY id", params).fetchall()
+    return [
+        HistoryEntry(*row[:12], deployed_at=datetime.fromisoformat(row[12])) for row in rows
+    ]
+
+
+def previous_served(entries: list[HistoryEntry], current: int | None) -> int | None:
+    """The version a binding served before `current`, from its history (oldest first).
+
+    The newest row that put `current` live names what it replaced; a row that
+    replaced nothing (first deploy) means there is nothing to go back to.
+    """
+    for entry in reversed(entries):
+        if entry.kind == "remove":
+            continue
+        if entry.version == current:
+            if entry.replaced_version is not None and entry.replaced_version != current:
+                return entry.replaced_version
+            if entry.kind in ("repair",):
+                continue  # a repair re-served the same version: look further back
+            return None
+    return None
+
+
+def served_versions(entries: list[HistoryEntry]) -> set[int]:
+    """Every version that went live (or was replaced, so was live) on the binding."""
+    served: set[int] = set()
+    for entry in entries:
+        if entry.kind != "remove":
+            served.add(entry.version)
+        if entry.replaced_version is not None:
+            served.add(entry.replaced_version)
+    return served
