@@ -5,7 +5,10 @@
     │   └── ConfigErrors       every ConfigError of one commit, reported at once
     ├── SourceError            Git remote unreachable, ref vanished, history rewritten
     ├── StoreError             state store unreadable, migration failed, master key wrong
-    │   └── AuditChainBroken   an audit row was edited or deleted
+    │   ├── AuditChainBroken   an audit row was edited or deleted
+    │   ├── StateMissing       no store in the state directory, and this command may not make one
+    │   ├── StateIncomplete    a master key or CA without its state.db: never started afresh
+    │   └── UnsafeStateDir     state directory (or work/) writable by others or not ours
     ├── IssuanceError          the issuer could not produce a certificate
     ├── DeployError            see certgit.connectors.errors: PreflightFailed,
     │                          ValidateFailed, ReloadFailed, VerifyMismatch, RollbackFailed
@@ -45,8 +48,11 @@ __all__ = [
     "ReloadFailed",
     "RollbackFailed",
     "SourceError",
+    "StateIncomplete",
+    "StateMissing",
     "StoreError",
     "TransportError",
+    "UnsafeStateDir",
     "ValidateFailed",
     "VerifyMismatch",
 ]
@@ -119,6 +125,27 @@ class StoreError(CertgitError):
 
 class AuditChainBroken(StoreError):
     """The audit log's hash chain does not verify: a row was edited or deleted."""
+
+
+class StateMissing(StoreError):
+    """The state directory holds no store and the command may not create one.
+
+    Only the commands that change state (init, apply, approve, reject, rollback,
+    release, retry) create a state directory; a read-only command on a missing or
+    mistyped one says so instead of starting an empty store.
+    """
+
+
+class StateIncomplete(StoreError):
+    """A master key or CA directory is there but state.db is missing or empty.
+
+    That is a lost or truncated store, not a fresh start: certgit refuses to
+    create a second store (and a second CA of the same name) beside the old key.
+    """
+
+
+class UnsafeStateDir(StoreError):
+    """The state directory or its work/ is writable by group/other or owned by another user."""
 
 
 class IssuanceError(CertgitError):

@@ -21,6 +21,7 @@ from certgit.connectors.model import TargetSpec, VerifyConfig
 from certgit.reconciler.errors import CertgitError
 from certgit.reconciler.model import Certificate, DesiredState, Target, VerifySpec
 from certgit.reconciler.sealing import load_master_key
+from certgit.reconciler.statedir import check_private_dir
 
 WORK_DIR_NAME = "work"
 BACKUP_KEY_INFO = b"certgit backups v1"
@@ -40,13 +41,18 @@ def work_dir(state_dir: Path, target: str) -> Path:
 
 
 def ensure_work_dir(path: Path) -> Path:
-    """Create a work directory (and its parent) with mode 0700 if missing; return it."""
-    for directory in (path.parent, path):
+    """Create a work directory (and its parent) with mode 0700 if missing; return it.
+
+    An existing `work/` or `work/<target>` that group/other can write, or that
+    another user owns, raises `UnsafeStateDir`: its journal and backups are what
+    a rollback restores, so nobody else may be able to swap them.
+    """
+    for directory, what in ((path.parent, "work directory"), (path, "target work directory")):
         try:
             directory.mkdir(mode=0o700)
             os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
         except FileExistsError:
-            pass
+            check_private_dir(directory, what)
     return path
 
 

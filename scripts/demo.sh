@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README demo: sample-repo/ becomes a real Git repository in .demo/, and
-# certgit validates, plans and applies it against a fresh state directory
-# (SQLite, local CA). The three `files` targets write real PEM files under
+# certgit initialises a fresh state directory (SQLite, master key; the local CA
+# follows on the first apply), then validates, plans and applies it. The three `files` targets write real PEM files under
 # .demo/state/targets/. Production targets are gated: the demo approves them
 # with a reason. Then a commit adds a SAN (second plan + apply), a rollback
 # pins the old version on web-1, and a release lets Git win again.
@@ -29,6 +29,9 @@ plan_hash() { certgit plan --json | python3 -c 'import json,sys; print(json.load
 
 step "certgit validate $demo/repo"
 certgit validate "$demo/repo"
+
+step "certgit init   (state directory, master key, store; read-only commands never create one)"
+certgit init
 
 step "certgit plan   (exit 2 = changes pending)"
 expect 2 certgit plan

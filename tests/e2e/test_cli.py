@@ -81,6 +81,7 @@ def test_validate_reports_four_problems_with_positions(cli, tmp_path: Path) -> N
 
 def test_plan_json_lists_issue_and_deploy_per_binding_and_hash_is_stable(cli, sample_git) -> None:
     _, path = sample_git
+    assert cli("init").code == 0
     first = cli("plan", "--json", "--repo", str(path))
     assert first.code == 2, first.err
     plan = json.loads(first.out)
@@ -119,6 +120,7 @@ def test_plan_json_lists_issue_and_deploy_per_binding_and_hash_is_stable(cli, sa
 
 def test_plan_text_is_terraform_like(cli, sample_git) -> None:
     _, path = sample_git
+    assert cli("init").code == 0
     r = cli("plan", "--repo", str(path))
     assert r.code == 2
     assert "+ issue    www" in r.out
@@ -129,6 +131,7 @@ def test_plan_text_is_terraform_like(cli, sample_git) -> None:
 
 def test_bad_commit_is_rejected_and_last_good_commit_named(cli, sample_git) -> None:
     repo, path = sample_git
+    assert cli("init").code == 0
     good = cli("plan", "--json", "--repo", str(path))
     good_commit = json.loads(good.out)["commit"]
     commit_files(repo, {"certificates/www.yaml": b"kind: [unclosed\n"}, "oops")
@@ -140,6 +143,7 @@ def test_bad_commit_is_rejected_and_last_good_commit_named(cli, sample_git) -> N
 
 def test_status_lists_every_binding(cli, sample_git) -> None:
     _, path = sample_git
+    assert cli("init").code == 0
     r = cli("status", "--json", "--repo", str(path))
     assert r.code == 0, r.err
     rows = json.loads(r.out)["bindings"]
@@ -160,6 +164,7 @@ def test_status_lists_every_binding(cli, sample_git) -> None:
 
 def test_audit_verify_detects_a_direct_edit(cli, sample_git, tmp_path: Path) -> None:
     repo, path = sample_git
+    assert cli("init").code == 0  # audit entry 1: state.init
     assert cli("plan", "--repo", str(path)).code == 2
     www = (SAMPLE / "certificates" / "www.yaml").read_bytes()
     commit_files(
@@ -167,7 +172,7 @@ def test_audit_verify_detects_a_direct_edit(cli, sample_git, tmp_path: Path) -> 
     )
     assert cli("plan", "--repo", str(path)).code == 2
     ok = cli("audit", "verify")
-    assert ok.code == 0 and "2 entries verified" in ok.out, ok.out + ok.err
+    assert ok.code == 0 and "3 entries verified" in ok.out, ok.out + ok.err
 
     db = sqlite3.connect(tmp_path / "state" / "state.db")
     triggers = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'")]

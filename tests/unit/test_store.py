@@ -486,3 +486,131 @@ def test_missing_generated_key_not_silently_replaced(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"master key .* is missing"):
         Store.open(state, env={})
     assert not (state / "master.key").exists()
+
+
+# ----------------------------------------------------------------- first contact, state-dir safety
+
+
+def _tree(root: Path) -> dict[str, int]:
+    """Every path under root (root itself included) with its size: 'nothing was created'."""
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root.parent)): p.stat().st_size
+            for p in [root, *sorted(root.rglob("*"))]}  # fmt: skip
+
+
+def test_open_without_create_on_missing_dir_creates_nothing(tmp_path: Path) -> None:
+    from certgit.reconciler.errors import StateMissing
+
+    state = tmp_path / "typo" / "state"
+    with pytest.raises(StateMissing, match=r"no certgit state in .*typo/state.*certgit init"):
+        Store.open(state, create=False, env={})
+    assert not (tmp_path / "typo").exists()
+
+
+def test_open_without_create_on_empty_dir_creates_nothing(tmp_path: Path) -> None:
+    from certgit.reconciler.errors import StateMissing
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    with pytest.raises(StateMissing, match=r"state\.db is missing"):
+        Store.open(state, create=False, env={})
+    assert list(state.iterdir()) == []
+    (state / "state.db").touch(mode=0o600)
+    with pytest.raises(StateMissing, match=r"state\.db is empty"):
+        Store.open(state, create=False, env={})
+    assert [p.name for p in state.iterdir()] == ["state.db"]
+    assert (state / "state.db").stat().st_size == 0
+
+
+def test_open_without_create_on_existing_store(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with Store.open(state, env={}) as s:
+        assert s.created
+        key_id = s.key_id
+    with Store.open(state, create=False, env={}) as s:
+        assert not s.created
+        assert s.key_id == key_id
+
+
+@pytest.mark.parametrize("db", ["missing", "empty"])
+@pytest.mark.parametrize("create", [True, False])
+def test_master_key_without_store_refused(tmp_path: Path, db: str, create: bool) -> None:
+    from certgit.reconciler.errors import StateIncomplete
+
+    state = tmp_path / "state"
+    Store.open(state, env={}).close()
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        (state / name).unlink(missing_ok=True)
+    if db == "empty":
+        (state / "state.db").touch(mode=0o600)
+    before = _tree(state)
+    with pytest.raises(StateIncomplete, match=rf"master.key but its state store .* is {db}") as e:
+        Store.open(state, create=create, env={})
+    assert "from a backup" in str(e.value) and "mv " in str(e.value)
+    assert _tree(state) == before
+
+
+def test_ca_dir_without_store_refused_even_with_key_from_env(tmp_path: Path) -> None:
+    from certgit.reconciler.errors import StateIncomplete
+
+    state = tmp_path / "state"
+    (state / "ca" / "internal-ca").mkdir(parents=True, mode=0o700)
+    state.chmod(0o700)
+    before = _tree(state)
+    with pytest.raises(StateIncomplete, match="holds ca/ but its state store"):
+        Store.open(state, env={ENV_KEY: KEY_A.hex()})
+    assert _tree(state) == before
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o777])
+def test_writable_state_dir_refused(tmp_path: Path, mode: int) -> None:
+    from certgit.reconciler.errors import UnsafeStateDir
+
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(mode)
+    with pytest.raises(UnsafeStateDir, match=rf"{state} is unsafe: mode {mode:04o} .*chmod go-w"):
+        Store.open(state, env={})
+    assert list(state.iterdir()) == []
+
+
+def test_writable_existing_store_refused(tmp_path: Path) -> None:
+    from certgit.reconciler.errors import UnsafeStateDir
+
+    state = tmp_path / "state"
+    Store.open(state, env={}).close()
+    state.chmod(0o777)
+    with pytest.raises(UnsafeStateDir, match="mode 0777 is group and other-writable"):
+        Store.open(state, create=False, env={})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
+def test_state_dir_of_another_user_refused(tmp_path: Path) -> None:
+    from certgit.reconciler.errors import UnsafeStateDir
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, 65534, 65534)
+    with pytest.raises(UnsafeStateDir, match=r"owned by .*\(uid 65534\).*`chown "):
+        Store.open(state, env={})
+    assert list(state.iterdir()) == []
+
+
+def test_work_dir_writable_by_others_refused(tmp_path: Path) -> None:
+    from certgit.reconciler.errors import UnsafeStateDir
+    from certgit.reconciler.targets import ensure_work_dir, work_dir
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    path = ensure_work_dir(work_dir(state, "web-1"))
+    assert _mode(path.parent) == _mode(path) == 0o700
+    assert ensure_work_dir(path) == path  # ours and private: fine again
+    path.parent.chmod(0o777)
+    with pytest.raises(UnsafeStateDir, match=r"work directory .*/work is unsafe.*chmod go-w"):
+        ensure_work_dir(work_dir(state, "web-2"))
+    assert not (state / "work" / "web-2").exists()
+    path.parent.chmod(0o700)
+    path.chmod(0o720)
+    with pytest.raises(UnsafeStateDir, match=r"target work directory .*/work/web-1 is unsafe"):
+        ensure_work_dir(path)
