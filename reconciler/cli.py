@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from certgit.reconciler.errors import CertgitError, ConfigErrors
+from certgit.reconciler.render import render_apply, render_plan, render_status
 
 if TYPE_CHECKING:
     from certgit.reconciler.engine import Engine
@@ -69,13 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="a directory to validate (default: the configured repository at --ref)",
     )
 
-    p = sub.add_parser("plan", parents=[common], help="show what apply would change")
+    refresh = argparse.ArgumentParser(add_help=False)
+    refresh.add_argument(
+        "--refresh",
+        choices=("true", "false"),
+        default="true",
+        help="observe every target live first (default true); false trusts the records",
+    )
+
+    p = sub.add_parser("plan", parents=[common, refresh], help="show what apply would change")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--as", dest="actor", help="identity recorded in the audit log")
 
     p = sub.add_parser(
         "apply",
-        parents=[common],
+        parents=[common, refresh],
         help="execute the plan: issue, deploy, record (gated actions wait for approval)",
     )
     p.add_argument(
@@ -120,7 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", metavar="TARGET|CERTIFICATE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("status", parents=[common], help="every binding and its drift")
+    p = sub.add_parser(
+        "retry",
+        parents=[common],
+        help="re-arm abandoned or waiting actions (of TARGET, or all): the next apply runs them",
+    )
+    p.add_argument("target", nargs="?", metavar="TARGET")
+    p.add_argument("--certificate", help="only this certificate's actions")
+    p.add_argument("--reason", default="", help="why; written to the audit log")
+    p.add_argument("--as", dest="actor", help="identity recorded in the audit log")
+
+    p = sub.add_parser(
+        "status", parents=[common, refresh], help="every binding and its drift, most urgent first"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("audit", parents=[common], help="the hash-chained audit log")
@@ -222,6 +243,9 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return EXIT_ERROR
         finally:
             engine.close()
+    # Warnings do not reject the commit (e.g. a key type a bound Target does not accept).
+    for w in desired.warnings:
+        print(f"{w.path}:{w.line}:{w.column}: warning: {w.message}", file=out)
     print(
         f"valid: {len(desired.issuers)} issuers, {len(desired.certificates)} certificates, "
         f"{len(desired.targets)} targets, {len(desired.policies)} policies",
@@ -246,36 +270,6 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-_SYMBOL = {"issue": "+", "renew": "~", "deploy": "~", "remove": "-", "rollback": "<"}
-
-
-def render_plan(plan: Plan) -> str:
-    """Terraform-style text: one line per action, a summary, the plan hash."""
-    commit = (plan.commit or "working tree")[:12]
-    lines = [f"certgit plan for commit {commit}", ""]
-    if plan.empty:
-        lines.append("No changes. Every binding is in sync.")
-        return "\n".join(lines)
-    for a in plan.actions:
-        symbol = "+" if a.kind == "deploy" and a.drift == "missing" else _SYMBOL[str(a.kind)]
-        subject = a.certificate if a.target is None else f"{a.certificate} -> {a.target}"
-        lines.append(f"  {symbol} {a.kind:<8} {subject}")
-        lines.append(f"      {a.drift}: {a.reason}")
-        if a.gated:
-            lines.append(f"      needs approval ({', '.join(a.gated_by)})  id {a.id}")
-    counts: dict[str, int] = {}
-    for a in plan.actions:
-        counts[str(a.kind)] = counts.get(str(a.kind), 0) + 1
-    summary = ", ".join(f"{n} to {kind}" for kind, n in sorted(counts.items()))
-    gated = len(plan.gated)
-    lines += [
-        "",
-        f"Plan: {summary}; {gated} need{'s' if gated == 1 else ''} approval.",
-        f"Plan hash: {plan.hash}",
-    ]
-    return "\n".join(lines)
-
-
 def _current_plan(
     args: argparse.Namespace, out: TextIO, err: TextIO, *, record_as: str | None = None
 ) -> Plan | None:
@@ -286,7 +280,7 @@ def _current_plan(
     engine = _engine(args, create=False)
     try:
         try:
-            plan = engine.plan()
+            plan = engine.plan(refresh=args.refresh == "true")
         except ConfigErrors as exc:
             _print_problems(exc, out, err, engine.last_good_commit())
             return None
@@ -312,37 +306,19 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from certgit.reconciler.render import status_rows
+
     plan = _current_plan(args, out, err)
     if plan is None:
         return EXIT_ERROR
-    rows = [b.to_dict() for b in plan.bindings]
+    bindings = status_rows(plan.bindings)
     if args.json:
+        rows = [b.to_dict() for b in bindings]
         json.dump({"commit": plan.commit, "bindings": rows}, out, indent=2, sort_keys=True)
         out.write("\n")
         return EXIT_OK
-    headers = ["CERTIFICATE", "TARGET", "FINGERPRINT", "NOT AFTER", "DRIFT", "REASON"]
-    table = [
-        [
-            r["certificate"],
-            r["target"],
-            (r["deployed_fingerprint"] or "-")[:16],
-            (r["not_after"] or "-")[:10],
-            r["drift"],
-            r["reason"],
-        ]
-        for r in rows
-    ]
-    _print_table(headers, table, out)
+    print(render_status(bindings), file=out)
     return EXIT_OK
-
-
-def _print_table(headers: list[str], rows: list[list[str]], out: TextIO) -> None:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(str(c))) for w, c in zip(widths, row, strict=True)]
-    for row in [headers, *rows]:
-        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=True)]
-        print("  ".join(cells).rstrip(), file=out)
 
 
 def cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -380,7 +356,12 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     engine = _engine(args)
     try:
         try:
-            outcome = apply(engine, operator_identity(args.actor), dry_run=args.dry_run)
+            outcome = apply(
+                engine,
+                operator_identity(args.actor),
+                dry_run=args.dry_run,
+                refresh=args.refresh == "true",
+            )
         except ConfigErrors as exc:
             _print_problems(exc, out, err, engine.last_good_commit())
             return EXIT_ERROR
@@ -394,52 +375,6 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return outcome.exit_code
     print(render_apply(outcome), file=out)
     return outcome.exit_code
-
-
-def render_apply(outcome: Any) -> str:
-    """Apply's report: issued versions, one line per target, then what waits."""
-    run = outcome.run
-    lines: list[str] = []
-    if outcome.plan.empty and not run.claimed:
-        lines.append("No changes. Every binding is in sync.")
-    for issued in run.issued:
-        v = issued.version
-        reused = " (key reused)" if issued.key_reused else ""
-        lines.append(f"  + issued   {issued.certificate} v{v.version} {v.fingerprint[:16]}{reused}")
-    for cert, error in sorted(run.issue_errors.items()):
-        lines.append(f"  ! issue    {cert} FAILED: {error}")
-    for t in run.targets:
-        certs = ", ".join(f"{c} v{v}" for c, v in sorted(t.certificates.items()))
-        if t.removed:
-            certs = ", ".join(filter(None, [certs, "removed " + ", ".join(t.removed)]))
-        if t.error:
-            lines.append(f"  ! {t.status:<9}{t.target}: {certs}: {t.error}")
-            continue
-        steps = [s for s, done in (("validated", t.validated), ("reloaded", t.reloaded),
-                                   ("verified", t.verified)) if done]
-        how = f" ({', '.join(steps)})" if steps else ""
-        lines.append(f"  ~ {t.status:<9}{t.target}: {certs}{how}")
-    for row in outcome.retrying:
-        lines.append(
-            f"  ? retrying {row['payload'].get('certificate')} -> {row['target']} at "
-            f"{row['next_attempt_at']:%H:%M:%S} (attempt {row['attempts']}): {row['last_error']}"
-        )
-    for a in outcome.rejected:
-        lines.append(f"  x rejected {a.kind} {a.certificate} -> {a.target}  id {a.id}")
-    for a in outcome.waiting:
-        lines.append(
-            f"  waiting for approval: {a.kind} {a.certificate} -> {a.target} "
-            f"({', '.join(a.gated_by)}): certgit approve {a.id} --reason TEXT"
-        )
-    if outcome.waiting:
-        lines.append(
-            f"  or approve the whole plan: certgit approve {outcome.final.hash} --reason TEXT"
-        )
-    verdict = {0: "Apply complete: every binding is in sync.",
-               1: "Apply finished with failures (exit 1).",
-               2: "Apply finished; actions are waiting (exit 2)."}[outcome.exit_code]
-    lines.append(verdict)
-    return "\n".join(lines)
 
 
 def cmd_decide(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -476,17 +411,50 @@ def cmd_rollback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
     finally:
         engine.close()
+    for a in outcome.waiting:
+        print(
+            f"waiting for approval: roll {a.certificate} on {args.target} back to "
+            f"v{a.version}, a version never served there ({', '.join(a.gated_by)})",
+            file=out,
+        )
+    if outcome.waiting:
+        print(
+            f"approve it with `certgit approve {outcome.plan_hash} --reason TEXT`, then run "
+            "the same rollback command again",
+            file=out,
+        )
+        return EXIT_CHANGES
     for cert, version in sorted(outcome.versions.items()):
         print(f"rolling back {cert} on {args.target} to v{version} (held)", file=out)
-    failed = [t for t in outcome.run.targets if t.error]
+    failed = [t for t in outcome.run.targets if t.error or t.failed]
     for t in failed:
-        print(f"  ! {t.target}: {t.error}", file=err)
+        print(f"  ! {t.target}: {t.error or t.failed}", file=err)
     if failed or not outcome.run.targets:
         print(f"rollback did not complete; the hold stays: `certgit release {args.target}` "
-              "lifts it", file=err)
+              "lifts it and cancels the queued retries", file=err)
         return EXIT_ERROR
     print(f"done; reconciliation leaves these bindings alone until "
           f"`certgit release {args.target}`", file=out)
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from certgit.reconciler.engine import operator_identity, retry
+
+    engine = _engine(args)
+    try:
+        count = retry(
+            engine, args.target, certificate=args.certificate,
+            actor=operator_identity(args.actor), reason=args.reason or "retry",
+        )
+    finally:
+        engine.close()
+    where = f" on {args.target}" if args.target else ""
+    if not count:
+        print(f"nothing to retry{where}: no abandoned or waiting action", file=out)
+        return EXIT_OK
+    noun = "action" if count == 1 else "actions"
+    print(f"re-armed {count} {noun}{where}; `certgit apply` runs them now", file=out)
     return EXIT_OK
 
 
@@ -507,55 +475,35 @@ def cmd_release(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from certgit.reconciler.queries import history
+
     engine = _engine(args, create=False)
     try:
-        store = engine.store
-        recorded = store.recorded_state()
-        name = args.name
-        certs = sorted(
-            {c for c in recorded.versions}
-            | {c for (c, _t) in recorded.deployments}
-        )
-        if name is not None:
-            on_target = sorted({c for (c, t) in recorded.deployments if t == name})
-            certs = [name] if name in certs else on_target
-        versions = [
-            {
-                "certificate": v.certificate,
-                "version": v.version,
-                "fingerprint": v.fingerprint,
-                "not_after": v.not_after.isoformat(),
-                "issued_at": v.issued_at.isoformat(),
-                "deployed_on": sorted(
-                    t for (c, t), d in recorded.deployments.items()
-                    if c == v.certificate and d.version == v.version
-                    and (name in (None, v.certificate) or t == name)
-                ),
-            }
-            for c in certs
-            for v in store.versions(c, include_retired=True)
-        ]
-        events = [
-            r for r in store.audit_rows()
-            if name is None or r["subject"] == name or name in r["subject"].split(" -> ")
-            or r["subject"].startswith(f"{name} ")
-        ]
+        view = history(engine.store, args.name)
     finally:
         engine.close()
     if args.json:
-        json.dump({"versions": versions, "events": events}, out, indent=2, sort_keys=True,
-                  default=str)
+        json.dump(view.to_dict(), out, indent=2, sort_keys=True, default=str)
         out.write("\n")
         return EXIT_OK
-    _print_table(
-        ["CERTIFICATE", "VERSION", "FINGERPRINT", "NOT AFTER", "DEPLOYED ON"],
-        [[v["certificate"], f"v{v['version']}", v["fingerprint"][:16], v["not_after"][:10],
-          ", ".join(v["deployed_on"]) or "-"] for v in versions],
-        out,
-    )
-    if events:
+    from certgit.reconciler.render import table, when
+
+    print(table(
+        ["CERTIFICATE", "VERSION", "KEY", "NOT AFTER", "SANS", "FINGERPRINT", "DEPLOYED ON"],
+        [[v.certificate, f"v{v.version}", v.key, when(v.not_after), " ".join(v.sans) or "-",
+          v.fingerprint[:16], ", ".join(v.deployed_on) or "-"] for v in view.versions],
+    ), file=out)
+    if view.deploys:
         print("", file=out)
-        for r in events[-50:]:
+        print(table(
+            ["WHEN", "TARGET", "CERTIFICATE", "KIND", "VERSION", "REPLACED", "BY", "COMMIT"],
+            [[when(d.deployed_at), d.target, d.certificate, d.kind, f"v{d.version}",
+              f"v{d.replaced_version}" if d.replaced_version else "-", d.actor,
+              (d.commit or "-")[:12]] for d in view.deploys],
+        ), file=out)
+    if view.events:
+        print("", file=out)
+        for r in view.events[-50:]:
             why = r["details"].get("reason") if isinstance(r["details"], dict) else None
             tail = f"  ({why})" if why else ""
             print(f"{r['at']:%Y-%m-%d %H:%M:%S}  {r['actor']:<12}  {r['action']:<20}  "
@@ -572,6 +520,7 @@ COMMANDS = {
     "reject": cmd_decide,
     "rollback": cmd_rollback,
     "release": cmd_release,
+    "retry": cmd_retry,
     "history": cmd_history,
     "status": cmd_status,
     "audit": cmd_audit,

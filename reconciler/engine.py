@@ -261,13 +261,27 @@ def decision_for(approvals: Sequence[Mapping[str, Any]], action_id: str) -> str 
 def _gated_split(
     store: Store, plan: Plan
 ) -> tuple[list[Action], list[Action], list[Action]]:
-    """The plan's gated actions as (approved, waiting, rejected)."""
-    approvals = store.approvals(plan.hash) if plan.gated else []
+    """The plan's gated actions as (approved, waiting, rejected).
+
+    An approval authorises one execution: once the action it allowed has
+    completed, only a decision made after that counts (a change that comes back
+    after a rollback and a release needs a new approval).
+    """
+    if not plan.gated:
+        return [], [], []
+    approvals = store.approvals(plan.hash)
+    done = {
+        str(row["action_id"]): row["updated_at"]
+        for row in store.outbox_rows(plan.hash)
+        if row["state"] == "COMPLETED"
+    }
     approved: list[Action] = []
     waiting: list[Action] = []
     rejected: list[Action] = []
     for action in plan.gated:
-        decision = decision_for(approvals, action.id)
+        since = done.get(action.id)
+        relevant = [a for a in approvals if since is None or a["created_at"] > since]
+        decision = decision_for(relevant, action.id)
         {"approve": approved, "reject": rejected}.get(decision or "", waiting).append(action)
     return approved, waiting, rejected
 

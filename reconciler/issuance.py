@@ -148,6 +148,7 @@ class Issuance:
             key_pem=issued.key_pem,
             spec_hash=cert.spec_hash(),
             issued_at=now,
+            spec=cert.issued_spec(),
         )
         return IssueOutcome(name, version, key_reused=reuse is not None)
 

@@ -454,6 +454,14 @@ class Store:
         key_pem = self._sealer.unseal(sealed, _key_aad(certificate, fingerprint))
         return bytes(cert_pem), bytes(chain_pem), key_pem
 
+    def version_certificate(self, certificate: str, version: int) -> bytes | None:
+        """The leaf PEM of one version (public; the key stays sealed), or None."""
+        row = self._conn.execute(
+            "SELECT cert_pem FROM certificate_versions WHERE certificate = ? AND version = ?",
+            (certificate, version),
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
     def versions(self, certificate: str, *, include_retired: bool = False) -> list[
         CertificateVersion
     ]:

@@ -154,6 +154,7 @@ def test_status_lists_every_binding(cli, sample_git) -> None:
     assert text.out.splitlines()[0].split() == [
         "CERTIFICATE",
         "TARGET",
+        "VERSION",
         "FINGERPRINT",
         "NOT",
         "AFTER",

@@ -1,0 +1,173 @@
+"""Human-readable text for the CLI: plans, apply reports, status and history tables.
+
+Pure functions of the engine's results: no I/O, no store. The CLI parses,
+calls the engine and prints what these return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from certgit.reconciler.model import DRIFT_URGENCY, Drift
+
+if TYPE_CHECKING:
+    from certgit.reconciler.engine import ApplyOutcome
+    from certgit.reconciler.planner import BindingStatus, Plan
+
+_SYMBOL = {"issue": "+", "renew": "~", "deploy": "~", "remove": "-", "rollback": "<"}
+IN_SYNC = "No changes. Every binding is in sync."
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    rows = [[str(c) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = []
+    for row in [list(headers), *rows]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def when(at: datetime | None) -> str:
+    """A UTC instant to the minute: `2026-12-02 10:48Z`."""
+    return "-" if at is None else at.strftime("%Y-%m-%d %H:%MZ")
+
+
+def attention_lines(plan: Plan, *, skip: set[tuple[str, str]] | None = None) -> list[str]:
+    """One line per binding that is not in sync (and has no action listed), most urgent first."""
+    skip = skip or set()
+    lines = []
+    for b in plan.attention():
+        if (b.certificate, b.target) in skip:
+            continue
+        lines.append(f"  ! {b.drift:<9} {b.certificate} -> {b.target}: {b.reason}")
+    return lines
+
+
+def render_plan(plan: Plan) -> str:
+    """Terraform-style text: one line per action with its field changes, then bindings that
+    need attention without an action (held, orphaned, unknown, expiring), the summary, the
+    plan hash."""
+    commit = (plan.commit or "working tree")[:12]
+    lines = [f"certgit plan for commit {commit}", ""]
+    acted = {(a.certificate, a.target) for a in plan.actions}
+    others = attention_lines(plan, skip=acted)
+    if plan.empty and not others:
+        lines.append(IN_SYNC)
+        return "\n".join(lines)
+    for a in plan.actions:
+        symbol = "+" if a.kind == "deploy" and a.drift == "missing" else _SYMBOL[str(a.kind)]
+        subject = a.certificate if a.target is None else f"{a.certificate} -> {a.target}"
+        lines.append(f"  {symbol} {a.kind:<8} {subject}")
+        lines.append(f"      {a.drift}: {a.reason}")
+        for change in a.changes:
+            lines.append(f"        {change}")
+        if a.gated:
+            lines.append(f"      needs approval ({', '.join(a.gated_by)})  id {a.id}")
+    if others:
+        if plan.actions:
+            lines.append("")
+        lines.append("Bindings that need attention but have no action:")
+        lines += others
+    if plan.empty:
+        lines += ["", "No changes to apply."]
+        return "\n".join(lines)
+    counts: dict[str, int] = {}
+    for a in plan.actions:
+        counts[str(a.kind)] = counts.get(str(a.kind), 0) + 1
+    summary = ", ".join(f"{n} to {kind}" for kind, n in sorted(counts.items()))
+    gated = len(plan.gated)
+    lines += [
+        "",
+        f"Plan: {summary}; {gated} need{'s' if gated == 1 else ''} approval.",
+        f"Plan hash: {plan.hash}",
+    ]
+    return "\n".join(lines)
+
+
+def render_apply(outcome: ApplyOutcome) -> str:
+    """Apply's report: issued versions, one line per target, then everything still waiting."""
+    run = outcome.run
+    lines: list[str] = []
+    if outcome.plan.empty and not run.claimed and outcome.final.empty:
+        lines.append(IN_SYNC)
+    for issued in run.issued:
+        v = issued.version
+        reused = " (key reused)" if issued.key_reused else ""
+        lines.append(f"  + issued   {issued.certificate} v{v.version} {v.fingerprint[:16]}{reused}")
+    for cert, error in sorted(run.issue_errors.items()):
+        lines.append(f"  ! issue    {cert} FAILED: {error}")
+    for t in run.targets:
+        certs = ", ".join(f"{c} v{v}" for c, v in sorted(t.certificates.items()))
+        if t.removed:
+            certs = ", ".join(filter(None, [certs, "removed " + ", ".join(t.removed)]))
+        if t.error:
+            lines.append(f"  ! {t.status:<9}{t.target}: {certs}: {t.error}")
+            continue
+        steps = [s for s, done in (("validated", t.validated), ("reloaded", t.reloaded),
+                                   ("verified", t.verified)) if done]
+        how = f" ({', '.join(steps)})" if steps else ""
+        if certs or not t.failed:
+            lines.append(f"  ~ {t.status:<9}{t.target}: {certs or 'nothing'}{how}")
+        for cert, why in sorted(t.failed.items()):
+            lines.append(f"  ! failed   {cert} -> {t.target}: {why}")
+    for row in outcome.retrying:
+        lines.append(
+            f"  ? retrying {row['payload'].get('certificate')} -> {row['target']} at "
+            f"{row['next_attempt_at']:%H:%M:%S} (attempt {row['attempts']}): {row['last_error']}"
+        )
+    for a in outcome.abandoned:
+        subject = a.certificate if a.target is None else f"{a.certificate} -> {a.target}"
+        lines.append(f"  x abandoned {a.kind} {subject}: {a.reason}")
+    for a in outcome.rejected:
+        lines.append(f"  x rejected {a.kind} {a.certificate} -> {a.target}  id {a.id}")
+    for a in outcome.waiting:
+        lines.append(
+            f"  waiting for approval: {a.kind} {a.certificate} -> {a.target} "
+            f"({', '.join(a.gated_by)}): certgit approve {a.id} --reason TEXT"
+        )
+    if outcome.waiting:
+        lines.append(
+            f"  or approve the whole plan: certgit approve {outcome.final.hash} --reason TEXT"
+        )
+    for a in outcome.pending:
+        subject = a.certificate if a.target is None else f"{a.certificate} -> {a.target}"
+        lines.append(f"  ? pending  {a.kind} {subject}: {a.reason}")
+    acted = {(a.certificate, a.target) for a in outcome.final.actions}
+    lines += attention_lines(outcome.final, skip=acted)
+    verdict = {0: "Apply complete: every binding is in sync.",
+               1: "Apply finished with failures (exit 1).",
+               2: "Apply finished; actions are waiting (exit 2)."}[outcome.exit_code]
+    if outcome.exit_code == 0 and outcome.final.attention():
+        verdict = "Apply complete: nothing left to do; see the bindings above."
+    lines.append(verdict)
+    return "\n".join(lines)
+
+
+def status_rows(bindings: Iterable[BindingStatus]) -> list[BindingStatus]:
+    """Most urgent first: expired, failing, abandoned, modified, missing, unknown, expiring..."""
+    return sorted(
+        bindings, key=lambda b: (DRIFT_URGENCY[Drift(b.drift)], b.certificate, b.target)
+    )
+
+
+def render_status(bindings: Iterable[BindingStatus]) -> str:
+    rows = [
+        [
+            b.certificate,
+            b.target,
+            f"v{b.deployed_version}" if b.deployed_version else "-",
+            (b.deployed_fingerprint or "-")[:16],
+            when(b.not_after),
+            str(b.drift),
+            b.reason,
+        ]
+        for b in status_rows(bindings)
+    ]
+    return table(
+        ["CERTIFICATE", "TARGET", "VERSION", "FINGERPRINT", "NOT AFTER", "DRIFT", "REASON"], rows
+    )
