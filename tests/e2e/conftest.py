@@ -52,3 +52,26 @@ def sample_git(tmp_path: Path):
     repo = init_repo(path)
     commit_files(repo, sample_files(), "sample desired state")
     return repo, path
+
+
+@pytest.fixture
+def nginx_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Factory: NginxLab(names, adopt=..., approval=...) with a real nginx; stopped afterwards."""
+    from tests.e2e.labs import NginxLab
+    from tests.integration.servers import require_binary
+
+    require_binary("nginx")
+    for var in ("CERTGIT_REPO", "CERTGIT_REF", "CERTGIT_PATH", "CERTGIT_CONFIG",
+                "CERTGIT_STATE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    labs: list[NginxLab] = []
+
+    def make(names: tuple[str, ...] = ("a", "b", "c"), **kwargs: object) -> NginxLab:
+        lab = NginxLab(tmp_path / f"lab{len(labs)}", tuple(names), **kwargs)  # type: ignore[arg-type]
+        labs.append(lab)
+        return lab
+
+    yield make
+    for lab in labs:
+        lab.stop()

@@ -1,0 +1,55 @@
+"""Reconcile against reality, against a real nginx on loopback, through the CLI.
+
+Each test walks an operator's flow and checks what an operator would: the
+fingerprint nginx serves, the files on disk, the recorded state and versions.
+"""
+
+from __future__ import annotations
+
+from tests.e2e.labs import NginxLab
+
+
+def _converge(lab: NginxLab) -> None:
+    r = lab.cli("apply", "--as", "tester")
+    assert r.code == 0, r.out + r.err
+
+
+def test_out_of_band_change_is_modified_then_repaired_without_issuing(nginx_lab) -> None:
+    lab: NginxLab = nginx_lab()
+    _converge(lab)
+    fp_b, v_b = lab.deployed("b")
+    assert lab.served("b") == fp_b
+    # Replace b's certificate file behind certgit's back (a's, so nginx still loads).
+    (lab.certs / "b.crt").write_bytes((lab.certs / "a.crt").read_bytes())
+    status = lab.status()
+    assert status[("b", "web")]["drift"] == "modified"
+    assert {status[(n, "web")]["drift"] for n in ("a", "c")} == {"in-sync"}
+    plan = lab.cli("plan")
+    assert plan.code == 2 and "b -> web" in plan.out and "modified" in plan.out
+    assert "a -> web" not in plan.out
+    reloads = lab.reloads()
+    _converge(lab)
+    assert lab.versions("b") == 1  # repaired with the recorded version: nothing issued
+    assert lab.deployed("b") == (fp_b, v_b)
+    assert lab.wait_served("b", fp_b)
+    assert lab.reloads() == reloads + 1
+    # A deleted key file is missing, repaired the same way.
+    (lab.certs / "c.key").unlink()
+    assert lab.status()[("c", "web")]["drift"] == "missing"
+    _converge(lab)
+    assert (lab.certs / "c.key").exists()
+    assert lab.versions("c") == 1
+    assert lab.cli("plan").code == 0
+
+
+def test_observation_failure_is_unknown_not_in_sync(nginx_lab) -> None:
+    """A file certgit cannot read proves nothing: `unknown` with the reason, no action."""
+    lab: NginxLab = nginx_lab(("a",))
+    _converge(lab)
+    (lab.certs / "a.crt").unlink()
+    (lab.certs / "a.crt").mkdir()  # unreadable as a file, even for root
+    row = lab.status()[("a", "web")]
+    assert row["drift"] == "unknown", row
+    assert "could not observe" in row["reason"]
+    plan = lab.cli("plan")
+    assert "unknown" in plan.out and "Every binding is in sync" not in plan.out
