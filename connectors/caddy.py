@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from certgit.connectors.errors import (
@@ -40,7 +41,12 @@ from certgit.connectors.model import (
     Observation,
     TargetSpec,
 )
-from certgit.connectors.sdk.base import FULLCHAIN_AND_KEY, FileConnector, expected_fingerprint
+from certgit.connectors.sdk.base import (
+    FULLCHAIN_AND_KEY,
+    KEY_TYPES,
+    FileConnector,
+    expected_pairs,
+)
 from certgit.connectors.sdk.grants import Grants
 from certgit.connectors.sdk.staging import CADDY, ServerTest
 
@@ -57,6 +63,10 @@ class CaddyConnector(FileConnector):
     """Caddy 2: certificate files (default) or the admin API (`method: admin-api`)."""
 
     name: ClassVar[str] = "caddy"
+    # Every KEY_TYPES entry, Ed25519 included. Checked against Caddy 2.6.2 (Go crypto/tls)
+    # on Debian 12: each type's leaf served over HTTPS from load_files
+    # (tests/integration/test_key_types.py).
+    accepted_keys: ClassVar[frozenset[str]] = frozenset(KEY_TYPES)
     roles: ClassVar[Mapping[str, str | None]] = FULLCHAIN_AND_KEY
     default_directory: ClassVar[str | None] = "/etc/caddy/certs"
     validate_command: ClassVar[tuple[str, ...] | None] = (
@@ -254,17 +264,22 @@ class CaddyConnector(FileConnector):
             )
         verified = False
         config = target.verify
-        expected = expected_fingerprint(config, change.deployments) if config else None
-        if config is not None and expected is not None:
+        pairs = expected_pairs(config, change.deployments) if config else []
+        if config is not None and pairs:
             from certgit.connectors.sdk.verify import verify_with_retry
 
-            def served() -> str:
-                return sandbox.tls_leaf_fingerprint(
-                    config.host, config.port, config.server_name, timeout=config.timeout
-                )
+            def check(name: str | None, expected: str) -> None:
+                def served() -> str:
+                    return sandbox.tls_leaf_fingerprint(
+                        config.host, config.port, name, timeout=config.timeout
+                    )
+
+                verify_with_retry(served, expected, replace(config, server_name=name))
 
             try:
-                verify_with_retry(served, expected, config)
+                # Each binding with its own SNI, as the file connectors do.
+                for name, expected in pairs:
+                    check(name, expected)
             except VerifyMismatch:
                 self._restore(sandbox, target, old_config, "verify mismatch")
                 raise

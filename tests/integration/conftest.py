@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -216,11 +217,13 @@ class ServerAcceptance:
 
         before = env.on_disk()
         verify = VerifyConfig(
-            host="127.0.0.1", port=env.server.port, server_name=self.other_name,
+            host="127.0.0.1", port=env.server.port, server_name=None,
             initial_delay=0.05, max_delay=0.1, attempts=2, timeout=2.0,
         )
+        # The binding's own SNI names a vhost serving another certificate.
+        new = replace(issue("web", 2), server_name=self.other_name)
         with pytest.raises(VerifyMismatch):
-            deploy(env.target(verify=verify), issue("web", 2))
+            deploy(env.target(verify=verify), new)
         assert env.on_disk() == before
         assert env.reloads() == 2  # the deploy's reload and the rollback's
         assert wait_served(env.server.port, self.server_name, env.old.fingerprint)

@@ -9,6 +9,7 @@ listener (127.0.0.1, free port) and nothing is written to disk.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -160,12 +161,13 @@ def test_admin_api_verify_mismatch_loads_the_previous_config(
     web, other = issue("web"), issue("other")
     deploy(base, web, other)
     verify = VerifyConfig(
-        "127.0.0.1", caddy_api.port, "other.example.test",
+        "127.0.0.1", caddy_api.port, None,
         initial_delay=0.05, max_delay=0.1, attempts=2, timeout=2.0,
     )
     target = api_target(tmp_path, caddy_api, verify=verify)
+    # The binding checks a name that serves another certificate: a mismatch.
     with pytest.raises(VerifyMismatch):
-        deploy(target, issue("web", 2))
+        deploy(target, replace(issue("web", 2), server_name="other.example.test"))
     assert wait_served(caddy_api.port, "web.example.test", web.fingerprint)
     assert len(_load_pem(caddy_api)) == 2
 

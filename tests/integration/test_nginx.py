@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -144,13 +145,14 @@ def test_failing_reload_rolls_back_and_serves_the_old_certificate(env: Env) -> N
 
 def test_verify_endpoint_serving_something_else_rolls_back(env: Env) -> None:
     before = env.on_disk()
-    # The verify SNI selects the other site, so the endpoint never serves the new leaf.
+    # The binding's verify SNI selects the other site, so the endpoint never serves the
+    # new leaf for it.
     verify = VerifyConfig(
-        host="127.0.0.1", port=env.server.port, server_name=OTHER,
+        host="127.0.0.1", port=env.server.port, server_name=None,
         initial_delay=0.05, max_delay=0.1, attempts=2, timeout=2.0,
     )
     with pytest.raises(VerifyMismatch):
-        deploy(env.target(verify=verify), issue("web", 2))
+        deploy(env.target(verify=verify), replace(issue("web", 2), server_name=OTHER))
     assert env.on_disk() == before
     assert wait_served(env.server.port, WEB, env.old.fingerprint)
 
