@@ -10,6 +10,9 @@ the CLI uses:
 - change: commit 10 changed files, poll, re-parse only those blobs, plan
 - restart: a new engine on the same state dir (documents from the blob-id cache)
 - floor:  read the same files from disk and parse them with PyYAML's C loader
+- observe: with every binding recorded as deployed (2 files each on disk), a plan
+  that observes every target live (the default of plan/status/apply) beside the
+  same plan with --refresh=false
 
 and prints the figures, the ratios against the goals of issue 2 (cold <= 2x floor,
 no-op <= 5% of cold, 10-file change <= 10% of cold) and the peak RSS (goal <= 300 MB).
@@ -31,11 +34,14 @@ from pathlib import Path
 import pygit2
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ helpers (issue())
+
 from certgit.reconciler.config import Settings
 from certgit.reconciler.engine import Engine
 
 SIG = pygit2.Signature("certgit-bench", "bench@example.invalid", 1_700_000_000, 0)
 TARGETS = 30
+CERT_ROOT = "/srv/certs"  # replaced by a temp dir in main()
 
 HEADER = """apiVersion: certgit.dev/v1
 kind: Issuer
@@ -70,7 +76,8 @@ spec:
   transport:
     type: local
   settings:
-    directory: /srv/certs/web-{i:02d}
+    directory: {CERT_ROOT}/web-{i:02d}
+    files: {{chain: null, fullchain: null}}
 """
 
 
@@ -147,13 +154,67 @@ def floor_parse(work: Path) -> int:
     return docs
 
 
+def seed_deployed(engine: Engine, root: Path) -> int:
+    """Record every binding as deployed (v1) and write its two files, as an apply would.
+
+    Rows are written straight into the store (this measures planning, not
+    issuance): one real certificate PEM stands in for every version's files.
+    """
+    import hashlib
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from certgit.reconciler.model import binding_config_json
+    from certgit.reconciler.store.sqlite import db_timestamp
+    from tests.integration.conftest import issue
+
+    desired = engine.desired()
+    sample = issue("bench.example.test")
+    cert_pem, key_pem = sample.fullchain_pem, sample.key_pem
+    cert_sha = hashlib.sha256(cert_pem).hexdigest()
+    key_sha = hashlib.sha256(key_pem).hexdigest()
+    now = datetime.now(UTC)
+    stamps = [db_timestamp(now - timedelta(days=1)), db_timestamp(now + timedelta(days=89))]
+    configs = {
+        name: (hashlib.sha256(text.encode()).hexdigest(), text)
+        for name, t in desired.targets.items()
+        for text in (binding_config_json(t, {}),)
+    }
+    versions, deployments = [], []
+    for cert, binding in desired.bindings():
+        directory = Path(desired.targets[binding.target].settings["directory"])
+        directory.mkdir(parents=True, exist_ok=True)
+        crt, key = directory / f"{cert.name}.crt", directory / f"{cert.name}.key"
+        crt.write_bytes(cert_pem)
+        key.write_bytes(key_pem)
+        fp = hashlib.sha256(cert.name.encode()).hexdigest()
+        files = json.dumps([[str(crt), "certificate", cert_sha], [str(key), "key", key_sha]])
+        deployments.append((cert.name, binding.target, fp, 1, stamps[0], files,
+                            *configs[binding.target]))
+    for name, cert in desired.certificates.items():
+        fp = hashlib.sha256(name.encode()).hexdigest()
+        versions.append((name, 1, fp, "1", stamps[0], stamps[1], cert.spec_hash(), stamps[0],
+                         cert_pem, b"", b""))
+    with engine.store.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO certificate_versions (certificate, version, fingerprint, serial, "
+            "not_before, not_after, spec_hash, issued_at, cert_pem, chain_pem, key_sealed) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", versions)
+        conn.executemany(
+            "INSERT INTO deployments (certificate, target, fingerprint, version, updated_at, "
+            "files_json, config_hash, config_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", deployments)
+    return len(deployments)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--certs", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=3, help="repeats of the cheap measurements")
     args = ap.parse_args()
+    global CERT_ROOT
     with tempfile.TemporaryDirectory(prefix="certgit-bench-") as tmp:
         root = Path(tmp)
+        CERT_ROOT = str(root / "certs")
         t_gen, (origin, files) = timed(lambda: build_repo(root, args.certs))
         print(
             f"generated {args.certs} certificates x 3 bindings, {len(files)} files in {t_gen:.2f}s"
@@ -186,6 +247,16 @@ def main() -> int:
             commit_tree(origin, files, parents=[head])
             changes.append(timed(engine.plan)[0])
         change = statistics.median(changes)
+
+        # Live observation: every binding recorded as deployed, files on disk.
+        t_seed, bindings = timed(lambda: seed_deployed(engine, root))
+        print(f"seeded {bindings} deployed bindings ({2 * bindings} files) in {t_seed:.2f}s")
+        norefresh = [timed(lambda: engine.plan(refresh=False))[0] for _ in range(args.repeat)]
+        observed: list[float] = []
+        for _ in range(args.repeat):
+            t, live_plan = timed(engine.plan)
+            observed.append(t)
+        drifted = sum(1 for b in live_plan.bindings if str(b.drift) != "in-sync")  # type: ignore[attr-defined]
         engine.close()
 
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -204,6 +275,17 @@ def main() -> int:
                 "re-plan after 10 files change:",
                 change,
                 f"{100 * change / t_cold:5.1f}% of cold (goal <= 10%)",
+            )
+        )
+        t_norefresh, t_observed = statistics.median(norefresh), statistics.median(observed)
+        print(row.format("plan, deployed state, --refresh=false:", t_norefresh, ""))
+        print(
+            row.format(
+                "plan, deployed state, observing live:",
+                t_observed,
+                f"{t_observed / t_norefresh:5.2f}x no-refresh; "
+                f"{1e6 * (t_observed - t_norefresh) / max(bindings, 1):.0f} us per binding "
+                f"({drifted} not in sync)",
             )
         )
         print(f"{'peak RSS:':<36}{rss_mb:8.1f} MB  (goal <= 300 MB)")

@@ -59,6 +59,18 @@ def observe(
     if not jobs:
         return {}
     work = [_Job(desired.targets[name], tuple(items)) for name, items in sorted(jobs.items())]
+    if loader is None:
+        from certgit.reconciler.executor import default_loader
+
+        # One connector per type for the whole observation: loading one scans the
+        # installed entry points (~10 ms), far more than observing a target.
+        loaded: dict[str, Any] = {}
+
+        def loader(kind: str) -> Any:
+            if kind not in loaded:
+                loaded[kind] = default_loader(kind)
+            return loaded[kind]
+
     out: dict[Key, LiveObservation] = {}
     pool = ThreadPoolExecutor(
         max_workers=max(1, min(parallelism, len(work))), thread_name_prefix="certgit-observe"

@@ -38,6 +38,7 @@ __all__ = ["Connector", "FileConnector", "FileSettings", "FileSpec"]
 
 ROLES = ("certificate", "chain", "fullchain", "key", "combined")
 KEY_ROLES = frozenset({"key", "combined"})  # files holding the private key get keyMode
+_LEAF_ROLES = ("certificate", "fullchain", "combined")  # files whose first PEM is the leaf
 
 # Key types as the loader and preflight name them: "<algorithm>-<bits>", or "Ed25519".
 KEY_TYPES = ("ECDSA-256", "ECDSA-384", "RSA-2048", "RSA-3072", "RSA-4096", "Ed25519")
@@ -463,6 +464,7 @@ class FileConnector:
             work_dir=target.work_dir,
             verify=verify,
             remove=deletes,
+            backup_key=target.backup_key,  # sealed copies, kept (retention); never plain
         )
         written: dict[str, list[tuple[str, str, str]]] = {}
         for spec in specs:
@@ -484,16 +486,27 @@ class FileConnector:
     def observe(
         self, sandbox: Sandbox, target: TargetSpec, certificate: str, overrides: Mapping[str, Any]
     ) -> Observation:
-        """Read the binding's files back: SHA-256 of each, leaf fingerprint of the cert file."""
+        """Read the binding's files back: SHA-256 of each, leaf fingerprint of the cert file.
+
+        Each file is read once; an unreadable one makes the whole observation an
+        error naming it (no conclusion about drift).
+        """
+        path = ""
         try:
             paths = self.paths(target, certificate, overrides)
-            files = {path: sandbox.file_sha256(path) for path in paths.values()}
+            files: dict[str, str | None] = {}
             fingerprint = None
-            for role in ("certificate", "fullchain", "combined"):
-                if role in paths and files[paths[role]] is not None:
-                    fingerprint = _leaf_fingerprint(sandbox.read_bytes(paths[role]))
-                    break
-        except (CertgitError, OSError, ValueError) as exc:
+            for role, path in paths.items():
+                data = sandbox.read_bytes(path)
+                files[path] = hashlib.sha256(data).hexdigest() if data is not None else None
+                if fingerprint is None and data is not None and role in _LEAF_ROLES:
+                    fingerprint = _leaf_fingerprint(data)
+        except OSError as exc:
+            why = f"{path or target.name}: {exc.strerror or exc}"
+            return Observation(
+                certificate=certificate, target=target.name, fingerprint=None, error=why
+            )
+        except (CertgitError, ValueError) as exc:
             return Observation(
                 certificate=certificate, target=target.name, fingerprint=None, error=str(exc)
             )
