@@ -357,22 +357,30 @@ def dry_run_lines(engine: Engine, desired: DesiredState, plan: Plan) -> list[str
             )
         else:
             by_target.setdefault(action.target, []).append(action)
+    recorded = engine.store.recorded_state() if by_target else None
     for name, actions in sorted(by_target.items()):
         target = desired.targets[name]
         bundles = []
         for action in actions:
             if action.kind == "remove":
                 lines.append(f"{name}: would remove {action.certificate}")
-            elif action.version is None:
-                lines.append(
-                    f"{name}: would deploy {action.certificate} as issued by this plan"
-                )
-            else:
-                bundles.append(build_bundle(engine.store, desired, action.to_dict(), name))
+                continue
+            payload = action.to_dict()
+            if action.version is None:
+                lines.append(f"{name}: would deploy {action.certificate} as issued by this plan")
+                dep = recorded.deployments.get((action.certificate, name)) if recorded else None
+                if dep is None or dep.version is None:
+                    continue
+                # Not issued yet: the server's config is still tested, with the files in place.
+                payload = {**payload, "version": dep.version, "fingerprint": dep.fingerprint}
+            try:
+                bundles.append(build_bundle(engine.store, desired, payload, name))
+            except CertgitError as exc:
+                lines.append(f"{name}: would fail: {exc}")
         if not bundles:
             continue
         try:
-            spec = target_spec(target, engine.settings.state_dir)
+            spec = target_spec(target, engine.settings.state_dir, env=engine.env)
             connector = default_loader(target.type)
             sandbox = default_sandbox(connector, spec)
             check = getattr(connector, "validate_only", None)
@@ -382,8 +390,10 @@ def dry_run_lines(engine: Engine, desired: DesiredState, plan: Plan) -> list[str
                 continue
             lines += [f"{name}: {line}" for line in check(sandbox, change)]
         except CertgitError as exc:
-            detail = getattr(exc, "detail", None)
-            lines.append(f"{name}: would fail: {exc}" + (f" ({detail})" if detail else ""))
+            lines += [f"{name}: {line}" for line in getattr(exc, "lines", ())]
+            lines.append(f"{name}: would fail: {exc}")
+            detail = str(getattr(exc, "detail", "") or "").strip()
+            lines += [f"{name}:     {row}" for row in detail.splitlines()[:20]]
     return lines
 
 

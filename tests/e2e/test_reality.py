@@ -53,3 +53,29 @@ def test_observation_failure_is_unknown_not_in_sync(nginx_lab) -> None:
     assert "could not observe" in row["reason"]
     plan = lab.cli("plan")
     assert "unknown" in plan.out and "Every binding is in sync" not in plan.out
+
+
+def test_dry_run_on_a_broken_nginx_says_would_fail_and_touches_nothing(nginx_lab) -> None:
+    """`apply --dry-run` runs nginx's config test on a staged copy: a broken server config
+    is reported with nginx's own message, and no live file changes (mtime included)."""
+    import json
+
+    lab: NginxLab = nginx_lab(("a", "b"))
+    # nginx's own config test (the lab's counting wrapper cannot be pointed at staged files)
+    target = lab.target_yaml().decode().replace(
+        json.dumps(lab.validate_argv), json.dumps(lab.server.validate_argv())
+    )
+    lab.commit({"target.yaml": target.encode()}, "validate with nginx -t itself")
+    _converge(lab)
+    (lab.certs / "b.crt").write_bytes((lab.certs / "a.crt").read_bytes())  # needs a repair
+    lab.server.write_config(extra="    bogus_directive on;")
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in lab.certs.iterdir()}
+    reloads, validates = lab.reloads(), lab.validates()
+    hups = lab.server.reload_count()
+    r = lab.cli("apply", "--dry-run")
+    assert "would fail" in r.out, r.out + r.err
+    assert "bogus_directive" in r.out
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in lab.certs.iterdir()}
+    assert after == before
+    assert (lab.reloads(), lab.validates()) == (reloads, validates)
+    assert lab.server.reload_count() == hups  # nginx was never signalled
