@@ -18,6 +18,7 @@ import fcntl
 import grp
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -30,6 +31,10 @@ from typing import Protocol, runtime_checkable
 
 from certgit.connectors.errors import DeniedError, PreflightFailed
 from certgit.connectors.sdk.grants import normalize_path
+
+# A PEM block in a command's output: BEGIN line to END line; an unterminated BEGIN runs on.
+_PEM_BLOCK = re.compile(r"-----BEGIN [^\r\n]*?-----.*?(?:-----END [^\r\n]*?-----|\Z)", re.DOTALL)
+REDACTED_PEM = "[redacted PEM block]"
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,14 @@ class ExecResult:
         return self.returncode == 0
 
     def summary(self, limit: int = 2000) -> str:
-        """Exit code plus the tail of stderr/stdout, for error messages."""
-        text = (self.stderr.strip() or self.stdout.strip())[-limit:]
+        """Exit code plus the tail of stderr/stdout, for error messages.
+
+        PEM blocks are cut out (before the tail is taken, so no fragment of one
+        survives): a server that echoes the file it choked on must not put a
+        private key into the terminal, the state store or the audit log.
+        """
+        text = self.stderr.strip() or self.stdout.strip()
+        text = _PEM_BLOCK.sub(REDACTED_PEM, text)[-limit:]
         return f"exit {self.returncode}" + (f": {text}" if text else "")
 
 
