@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -325,12 +325,15 @@ class Executor:
             ensure_work_dir(job.spec.work_dir)
             with _target_lock(name, job.spec.work_dir):
                 connector = self._load(job.connector_type)
-                sandbox = self._sandbox(connector, job.spec)
-                recovered = tuple(self._recover_target(sandbox, job.spec))
                 # No skip on "recorded and observed the same": a repair must rewrite a
                 # key file whose certificate file is intact. The SDK's SHA-256
                 # short-circuit makes a finished deploy a no-op (no validate, no reload).
                 relocated = _relocations(connector, job)
+                sandbox = _grant_cleanup(
+                    self._sandbox(connector, job.spec),
+                    [p for r in (*job.removals, *relocated) for p in r.paths],
+                )
+                recovered = tuple(self._recover_target(sandbox, job.spec))
                 if not job.deployments and not job.removals:
                     return TargetCall(name, None, (), recovered)
                 change = ChangeSet(
@@ -440,7 +443,9 @@ class Executor:
             details: dict[str, Any] = {
                 "fingerprints": {b.certificate: b.fingerprint for b in done},
                 "removed": [r.certificate for r in job.removals],
-                "relocated": [p for r in call.relocated for p in r.paths],
+                "relocated": [
+                    p for r in call.relocated if r.certificate not in failed for p in r.paths
+                ],
                 "failed": failed,
                 "changed": bool(report and report.changed),
                 "validated": bool(report and report.validated),
@@ -587,6 +592,30 @@ def _relocations(connector: Any, job: TargetJob) -> tuple[Removal, ...]:
         if gone:
             stale.append(Removal(bundle.certificate, paths=gone, relocation=True))
     return tuple(stale)
+
+
+def _grant_cleanup(sandbox: Any, paths: Sequence[str]) -> Any:
+    """The sandbox, also allowed to read and delete exactly these recorded files.
+
+    A removal or a move deletes the files the binding's last deploy wrote (the
+    store's record). When the Target's directory changed in Git, those lie
+    outside what the connector now declares, so the sandbox would deny their
+    cleanup. Each path is granted alone (no directory, no prefix), and checked
+    resolved as ever: a symlink swapped in since does not widen the grant.
+    """
+    from certgit.connectors.sdk.grants import Grants
+    from certgit.connectors.sdk.sandbox import Sandbox
+
+    grants = getattr(sandbox, "grants", None)
+    if not isinstance(sandbox, Sandbox) or not isinstance(grants, Grants):
+        return sandbox  # an injected test double keeps its own rules
+    extra = tuple(dict.fromkeys(p for p in paths if not grants.allows_write(p)))
+    if not extra:
+        return sandbox
+    widened = replace(
+        grants, fs_read=(*grants.fs_read, *extra), fs_write=(*grants.fs_write, *extra)
+    )
+    return Sandbox(widened, sandbox.transport, target=sandbox.target)
 
 
 @contextmanager

@@ -413,7 +413,8 @@ class FileConnector:
 
         A binding whose bundle fails preflight (key type, chain, dates) or whose
         files would overwrite files certgit did not write (first contact, without
-        `adopt`) is left out; the rest of the target's change set goes ahead.
+        `adopt`) is left out, with the cleanup of its old files when it was moving;
+        the rest of the target's change set goes ahead.
         """
         failed: dict[str, str] = {}
         keep: list[Deployment] = []
@@ -428,7 +429,11 @@ class FileConnector:
             keep.append(deployment)
         if not failed:
             return change, failed
-        return replace(change, deployments=tuple(keep)), failed
+        # A binding left out stays where it is: its move's cleanup of old files waits too.
+        removals = tuple(
+            r for r in change.removals if not (r.relocation and r.certificate in failed)
+        )
+        return replace(change, deployments=tuple(keep), removals=removals), failed
 
     def _check_first_contact(
         self, sandbox: Sandbox, change: ChangeSet, deployment: Deployment
