@@ -119,10 +119,11 @@ class RunReport:
 
     @property
     def failed(self) -> bool:
-        bad = ("failed", "abandoned")
+        # Any attempt that failed in this run is a failure (exit 1), whether it will be
+        # retried or not: a retry later does not make this run a success.
         return (
             bool(self.issue_errors)
-            or any(t.status in bad for t in self.targets)
+            or any(t.error is not None or t.status in ("failed", "abandoned") for t in self.targets)
             or any(t.failed for t in self.targets)
         )
 

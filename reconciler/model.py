@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from certgit.reconciler.errors import Problem
 
 API_VERSION = "certgit.dev/v1"
 KINDS = ("Issuer", "Certificate", "Target", "Policy")
@@ -237,6 +240,9 @@ class DesiredState:
     certificates: Mapping[str, Certificate] = field(default_factory=dict)
     targets: Mapping[str, Target] = field(default_factory=dict)
     policies: Mapping[str, Policy] = field(default_factory=dict)
+    # Positioned problems that do not reject the commit (a key type a bound Target
+    # does not accept); `certgit validate` prints them as "FILE:LINE:COL: warning: ...".
+    warnings: tuple[Problem, ...] = ()
 
     def bindings(self) -> Iterator[tuple[Certificate, Binding]]:
         """Every (certificate, binding) pair, in name order."""
@@ -398,12 +404,14 @@ def binding_config_hash(target: Target, overrides: Mapping[str, Any]) -> str:
 
 
 def binding_config_json(target: Target, overrides: Mapping[str, Any]) -> str:
-    return canonical_json(
-        {
-            "type": target.type,
-            "transport": dict(target.transport),
-            "settings": dict(target.settings),
-            "files": overrides.get("files"),
-            "directory": overrides.get("directory"),
-        }
-    )
+    config: dict[str, Any] = {
+        "type": target.type,
+        "transport": dict(target.transport),
+        "settings": dict(target.settings),
+        "files": overrides.get("files"),
+        "directory": overrides.get("directory"),
+    }
+    if overrides.get("adopt") or target.adopt:
+        # Saying `adopt: true` after a refusal is a new intent: a fresh attempt at once.
+        config["adopt"] = True
+    return canonical_json(config)

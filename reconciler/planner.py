@@ -428,7 +428,9 @@ class _Configs:
         tgt = self._targets.get(target)
         if tgt is None:
             return None
-        if not overrides.get("files") and not overrides.get("directory"):
+        if not overrides.get("files") and not overrides.get("directory") and not overrides.get(
+            "adopt"
+        ):
             cached = self._plain.get(target)
             if cached is None:
                 text = binding_config_json(tgt, {})

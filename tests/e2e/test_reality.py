@@ -18,7 +18,7 @@ def test_out_of_band_change_is_modified_then_repaired_without_issuing(nginx_lab)
     lab: NginxLab = nginx_lab()
     _converge(lab)
     fp_b, v_b = lab.deployed("b")
-    assert lab.served("b") == fp_b
+    assert lab.wait_served("b", fp_b)
     # Replace b's certificate file behind certgit's back (a's, so nginx still loads).
     (lab.certs / "b.crt").write_bytes((lab.certs / "a.crt").read_bytes())
     status = lab.status()

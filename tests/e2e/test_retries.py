@@ -100,7 +100,7 @@ def test_failed_deploy_is_retried_with_the_same_version_and_the_same_approval(ng
     reloads = lab.reloads()
     first = lab_apply(lab)
     assert [t.status for t in first.run.targets] == ["retrying"], first.run.targets
-    assert first.exit_code == 2 and first.retrying, first  # waiting for a retry
+    assert first.exit_code == 1 and first.retrying, first  # this run failed; a retry waits
     assert "ValidateFailed" in (first.run.targets[0].error or "")
     assert not first.waiting, "the approval given before the failure still counts"
     assert lab.versions("a") == 2  # v2 was issued once
@@ -242,7 +242,7 @@ def test_server_output_about_private_keys_fails_only_its_target(
     flags = ("--repo", str(repo_path))
 
     r = cli("apply", *flags, "--as", "tester")
-    assert r.code == 2, r.out + r.err  # bad is waiting for a retry; nothing aborted
+    assert r.code == 1, r.out + r.err  # bad failed (a retry waits); nothing aborted
     assert "No Private Key found in '/x'" in r.out
     assert PEM_BEGIN not in r.out + r.err  # the server's echo of the key is not printed
     state = tmp_path / "state"
