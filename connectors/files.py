@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from certgit.connectors.sdk.base import FileConnector
+from certgit.connectors.sdk.base import KEY_TYPES, FileConnector
 
 
 class FilesConnector(FileConnector):
     """Writes certificate, chain, fullchain, key (and optionally combined) PEM files."""
 
     name: ClassVar[str] = "files"
-    accepts_ed25519: ClassVar[bool] = True  # plain files: the consumer decides
+    # plain files: the consumer decides, so every key type is accepted
+    accepted_keys: ClassVar[frozenset[str]] = frozenset(KEY_TYPES)

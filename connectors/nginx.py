@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from certgit.connectors.sdk.base import FULLCHAIN_AND_KEY, FileConnector
+from certgit.connectors.sdk.base import FULLCHAIN_AND_KEY, KEY_TYPES, FileConnector
 from certgit.connectors.sdk.staging import NGINX, ServerTest
 
 
@@ -21,6 +21,10 @@ class NginxConnector(FileConnector):
     """nginx: `ssl_certificate` = {name}.crt (full chain), `ssl_certificate_key` = {name}.key."""
 
     name: ClassVar[str] = "nginx"
+    # Every KEY_TYPES entry, Ed25519 included. Checked against nginx 1.22.1 (OpenSSL 3.0.19)
+    # on Debian 12: each type's leaf served over HTTPS
+    # (tests/integration/test_key_types.py).
+    accepted_keys: ClassVar[frozenset[str]] = frozenset(KEY_TYPES)
     roles: ClassVar[Mapping[str, str | None]] = FULLCHAIN_AND_KEY
     default_directory: ClassVar[str | None] = "/etc/nginx/ssl"
     validate_command: ClassVar[tuple[str, ...] | None] = ("nginx", "-t")

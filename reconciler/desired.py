@@ -4,7 +4,9 @@ Per file: one libyaml parse (`yamlsafe.parse_yaml`), one schema validation
 per document (`certgit.schemas.validator`), semantic checks the schema cannot
 express, and conversion to model objects. That result is cached by the file's
 content key, so an unchanged file is never read or validated again; only the
-cross-document checks (duplicate names, dangling references) re-run per load.
+cross-document checks (duplicate names, dangling references, file paths two
+bindings would both write: `certgit.reconciler.ownership`) re-run per load.
+Key types a bound Target does not accept are warnings (`DesiredState.warnings`).
 
 Any problem anywhere rejects the whole commit: `load` raises `ConfigErrors`
 with every positioned problem of every file.
@@ -42,6 +44,7 @@ from certgit.reconciler.model import (
     Target,
     VerifySpec,
 )
+from certgit.reconciler.ownership import check_bindings
 from certgit.reconciler.yamlsafe import MAX_FILE_BYTES, PositionIndex, parse_yaml
 from certgit.schemas.validator import validate_document
 
@@ -105,6 +108,7 @@ class DesiredLoader:
 
             connector_types = available()
         self._connector_types = frozenset(connector_types)
+        self._failed_connectors: set[str] = set()  # types that would not load, not retried
 
     def load(self, files: Iterable[FileEntry], commit: str | None) -> DesiredState:
         """Validate and build every document of `files`.
@@ -132,9 +136,13 @@ class DesiredLoader:
                 del self._cache[stale]
 
         problems.extend(_cross_check(located, self._connector_types))
+        ownership, warnings = check_bindings(
+            located, self._connector_types, _Positions(), self._failed_connectors
+        )
+        problems.extend(ownership)
         if problems:
             raise ConfigErrors(problems)
-        return _assemble(located, commit)
+        return _assemble(located, commit, warnings)
 
 
 def load_directory(root: Path) -> DesiredState:
@@ -484,7 +492,9 @@ def _cross_check(
                             )
 
 
-def _assemble(located: list[tuple[FileEntry, _Doc]], commit: str | None) -> DesiredState:
+def _assemble(
+    located: list[tuple[FileEntry, _Doc]], commit: str | None, warnings: Iterable[Problem] = ()
+) -> DesiredState:
     by_kind: dict[str, dict[str, Model]] = {kind: {} for kind in KINDS}
     for entry, doc in located:
         if doc.model is None:  # unreachable: a doc without model always comes with a problem
@@ -497,6 +507,7 @@ def _assemble(located: list[tuple[FileEntry, _Doc]], commit: str | None) -> Desi
         certificates=_sorted(by_kind["Certificate"]),
         targets=_sorted(by_kind["Target"]),
         policies=_sorted(by_kind["Policy"]),
+        warnings=tuple(sorted(set(warnings))),
     )
 
 

@@ -3,7 +3,8 @@
 Checks, in process with `cryptography` only: the leaf parses; the key parses
 and matches the leaf's public key; every certificate in cert_pem + chain_pem is
 signed by the next one; `now` lies within the leaf's validity; the recorded
-fingerprint is the leaf's; an Ed25519 leaf only where the target accepts it.
+fingerprint is the leaf's; a key type only where the target accepts it
+(`accepted_keys`: the connector's measured set, names as `key_type` gives them).
 Messages never contain key material.
 """
 
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from certgit.connectors.errors import PreflightFailed
 from certgit.connectors.model import Deployment
@@ -34,12 +36,30 @@ def _load_certs(data: bytes, what: str, name: str) -> list[x509.Certificate]:
         ) from None
 
 
+def key_type(public_key: object) -> str:
+    """"ECDSA-256", "ECDSA-384", "RSA-2048", "Ed25519"...: the names of `base.KEY_TYPES`."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return f"ECDSA-{public_key.curve.key_size}"
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return f"RSA-{public_key.key_size}"
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    return type(public_key).__name__
+
+
 def preflight(
-    deployment: Deployment, *, now: datetime | None = None, accepts_ed25519: bool = False
+    deployment: Deployment,
+    *,
+    now: datetime | None = None,
+    accepts_ed25519: bool = False,
+    accepted_keys: Collection[str] | None = None,
 ) -> None:
     """Raise PreflightFailed unless the bundle is safe to put on a server.
 
     `now` defaults to the current UTC time; a naive datetime is taken as UTC.
+    `accepted_keys` (KEY_TYPES names) refuses the listed types the target does
+    not serve; a type outside KEY_TYPES (RSA-8192, ECDSA-521) was never measured
+    and is let through. Without it, only `accepts_ed25519` is checked.
     """
     name = deployment.certificate
     when = now or datetime.now(UTC)
@@ -59,11 +79,23 @@ def preflight(
             "re-issue the certificate"
         )
 
-    if isinstance(leaf.public_key(), ed25519.Ed25519PublicKey) and not accepts_ed25519:
-        raise PreflightFailed(
-            f"certificate {name}: this target does not accept Ed25519 keys; "
-            "use an ECDSA or RSA key for certificates deployed here"
-        )
+    if accepted_keys is None:
+        if isinstance(leaf.public_key(), ed25519.Ed25519PublicKey) and not accepts_ed25519:
+            raise PreflightFailed(
+                f"certificate {name}: this target does not accept Ed25519 keys; "
+                "use an ECDSA or RSA key for certificates deployed here"
+            )
+    else:
+        from certgit.connectors.sdk.base import KEY_TYPES
+
+        kind = key_type(leaf.public_key())
+        if kind in KEY_TYPES and kind not in accepted_keys:
+            accepted = ", ".join(k for k in KEY_TYPES if k in accepted_keys) or "none"
+            raise PreflightFailed(
+                f"certificate {name}: this target does not accept {kind} keys "
+                f"(it accepts {accepted}); reissue the certificate with one of those "
+                "(spec.key) or deploy it to another target"
+            )
 
     try:
         key = serialization.load_pem_private_key(deployment.key_pem, password=None)
