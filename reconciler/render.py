@@ -93,7 +93,8 @@ def render_apply(outcome: ApplyOutcome) -> str:
     """Apply's report: issued versions, one line per target, then everything still waiting."""
     run = outcome.run
     lines: list[str] = []
-    if outcome.plan.empty and not run.claimed and outcome.final.empty:
+    if (outcome.plan.empty and not run.claimed and outcome.final.empty
+            and not outcome.retrying and not outcome.final.attention()):
         lines.append(IN_SYNC)
     for issued in run.issued:
         v = issued.version
@@ -106,13 +107,13 @@ def render_apply(outcome: ApplyOutcome) -> str:
         if t.removed:
             certs = ", ".join(filter(None, [certs, "removed " + ", ".join(t.removed)]))
         if t.error:
-            lines.append(f"  ! {t.status:<9}{t.target}: {certs}: {t.error}")
+            lines.append(f"  ! {t.status + ' ':<9}{t.target}: {certs}: {t.error}")
             continue
         steps = [s for s, done in (("validated", t.validated), ("reloaded", t.reloaded),
                                    ("verified", t.verified)) if done]
         how = f" ({', '.join(steps)})" if steps else ""
         if certs or not t.failed:
-            lines.append(f"  ~ {t.status:<9}{t.target}: {certs or 'nothing'}{how}")
+            lines.append(f"  ~ {t.status + ' ':<9}{t.target}: {certs or 'nothing'}{how}")
         for cert, why in sorted(t.failed.items()):
             lines.append(f"  ! failed   {cert} -> {t.target}: {why}")
     for row in outcome.retrying:
