@@ -271,12 +271,20 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _current_plan(
-    args: argparse.Namespace, out: TextIO, err: TextIO, *, record_as: str | None = None
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    *,
+    record_as: str | None = None,
+    approvals: dict[str, str] | None = None,
 ) -> Plan | None:
     """Poll and plan; print the commit's problems and return None when it is invalid.
 
-    With `record_as`, the plan is also persisted (and audited the first time).
+    With `record_as`, the plan is also persisted (and audited the first time);
+    `approvals` is filled with the gated actions already approved for it.
     """
+    from certgit.reconciler.engine import approved_by
+
     engine = _engine(args, create=False)
     try:
         try:
@@ -286,6 +294,8 @@ def _current_plan(
             return None
         if record_as is not None:
             engine.record_plan(plan, record_as)
+        if approvals is not None and plan.gated:
+            approvals.update(approved_by(engine.store, plan))
         return plan
     finally:
         engine.close()
@@ -294,14 +304,20 @@ def _current_plan(
 def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from certgit.reconciler.engine import operator_identity
 
-    plan = _current_plan(args, out, err, record_as=operator_identity(args.actor))
+    approvals: dict[str, str] = {}
+    plan = _current_plan(
+        args, out, err, record_as=operator_identity(args.actor), approvals=approvals
+    )
     if plan is None:
         return EXIT_ERROR
     if args.json:
-        json.dump(plan.to_dict(), out, indent=2, sort_keys=True)
+        data = plan.to_dict()
+        for action in data["actions"]:
+            action["approved_by"] = approvals.get(action["id"])
+        json.dump(data, out, indent=2, sort_keys=True)
         out.write("\n")
     else:
-        print(render_plan(plan), file=out)
+        print(render_plan(plan, approvals), file=out)
     return EXIT_OK if plan.empty else EXIT_CHANGES
 
 
@@ -424,15 +440,18 @@ def cmd_rollback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             file=out,
         )
         return EXIT_CHANGES
-    for cert, version in sorted(outcome.versions.items()):
-        print(f"rolling back {cert} on {args.target} to v{version} (held)", file=out)
     failed = [t for t in outcome.run.targets if t.error or t.failed]
-    for t in failed:
-        print(f"  ! {t.target}: {t.error or t.failed}", file=err)
     if failed or not outcome.run.targets:
-        print(f"rollback did not complete; the hold stays: `certgit release {args.target}` "
-              "lifts it and cancels the queued retries", file=err)
+        for cert, version in sorted(outcome.versions.items()):
+            print(f"rollback of {cert} on {args.target} to v{version} FAILED", file=err)
+        for t in failed:
+            print(f"  ! {t.target}: {t.error or t.failed}", file=err)
+        print(f"the hold stays and a retry is queued: fix the cause and run `certgit retry "
+              f"{args.target}` then `certgit apply`, or `certgit release {args.target}` to "
+              "give up the rollback (cancels the retry)", file=err)
         return EXIT_ERROR
+    for cert, version in sorted(outcome.versions.items()):
+        print(f"rolled back {cert} on {args.target} to v{version} (held)", file=out)
     print(f"done; reconciliation leaves these bindings alone until "
           f"`certgit release {args.target}`", file=out)
     return EXIT_OK

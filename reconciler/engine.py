@@ -286,6 +286,20 @@ def _gated_split(
     return approved, waiting, rejected
 
 
+def approved_by(store: Store, plan: Plan) -> dict[str, str]:
+    """Gated actions of `plan` that hold a valid approval -> who approved them."""
+    approved, _, _ = _gated_split(store, plan)
+    if not approved:
+        return {}
+    decisions = [a for a in store.approvals(plan.hash) if a["decision"] == "approve"]
+    out: dict[str, str] = {}
+    for action in approved:
+        own = [a for a in decisions if a["action_id"] == action.id]
+        chosen = own or [a for a in decisions if a["action_id"] is None]
+        out[action.id] = str(chosen[-1]["actor"]) if chosen else "?"
+    return out
+
+
 def apply(
     engine: Engine,
     actor: str,

@@ -375,12 +375,17 @@ class Executor:
             return TargetResult(job.spec.name, "failed",
                                 error=f"recording the outcome failed: {error}")
 
-    def _history(self, job: TargetJob, bundle: Bundle, msgs: Sequence[Message]) -> dict[str, Any]:
+    def _history(
+        self, job: TargetJob, bundle: Bundle, msgs: Sequence[Message], *, wrote: bool
+    ) -> dict[str, Any] | None:
+        """The deploy-history row for a success, or None when nothing went live."""
         last = msgs[-1] if msgs else None
         kind = "deploy"
         if last is not None and last.kind == "rollback":
             kind = "rollback"
         elif job.recorded.get(bundle.certificate) == bundle.fingerprint:
+            if not wrote:
+                return None  # the same version, files already right: nothing was repaired
             kind = "repair"
         return {
             "kind": kind,
@@ -420,7 +425,10 @@ class Executor:
                     at=now,
                     files=written,
                     config=self._config(bundle.certificate, name),
-                    history=self._history(job, bundle, group.get(bundle.certificate, ())),
+                    history=self._history(
+                        job, bundle, group.get(bundle.certificate, ()),
+                        wrote=bool(report is not None and report.changed),
+                    ),
                 )
             for removal in job.removals:
                 self.store.remove_deployment(

@@ -6,7 +6,7 @@ calls the engine and prints what these return.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,12 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """Server output folded onto one line (tables and plans stay aligned), cut at `limit`."""
+    flat = " | ".join(part.strip() for part in text.splitlines() if part.strip())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def when(at: datetime | None) -> str:
     """A UTC instant to the minute: `2026-12-02 10:48Z`."""
     return "-" if at is None else at.strftime("%Y-%m-%d %H:%MZ")
@@ -44,14 +50,15 @@ def attention_lines(plan: Plan, *, skip: set[tuple[str, str]] | None = None) -> 
     for b in plan.attention():
         if (b.certificate, b.target) in skip:
             continue
-        lines.append(f"  ! {b.drift:<9} {b.certificate} -> {b.target}: {b.reason}")
+        lines.append(f"  ! {b.drift:<9} {b.certificate} -> {b.target}: {one_line(b.reason)}")
     return lines
 
 
-def render_plan(plan: Plan) -> str:
+def render_plan(plan: Plan, approved: Mapping[str, str] | None = None) -> str:
     """Terraform-style text: one line per action with its field changes, then bindings that
     need attention without an action (held, orphaned, unknown, expiring), the summary, the
-    plan hash."""
+    plan hash. `approved` maps action ids to who approved them for this plan."""
+    approved = approved or {}
     commit = (plan.commit or "working tree")[:12]
     lines = [f"certgit plan for commit {commit}", ""]
     acted = {(a.certificate, a.target) for a in plan.actions}
@@ -63,10 +70,12 @@ def render_plan(plan: Plan) -> str:
         symbol = "+" if a.kind == "deploy" and a.drift == "missing" else _SYMBOL[str(a.kind)]
         subject = a.certificate if a.target is None else f"{a.certificate} -> {a.target}"
         lines.append(f"  {symbol} {a.kind:<8} {subject}")
-        lines.append(f"      {a.drift}: {a.reason}")
+        lines.append(f"      {a.drift}: {one_line(a.reason)}")
         for change in a.changes:
             lines.append(f"        {change}")
-        if a.gated:
+        if a.gated and a.id in approved:
+            lines.append(f"      approved by {approved[a.id]} ({', '.join(a.gated_by)})  id {a.id}")
+        elif a.gated:
             lines.append(f"      needs approval ({', '.join(a.gated_by)})  id {a.id}")
     if others:
         if plan.actions:
@@ -80,10 +89,13 @@ def render_plan(plan: Plan) -> str:
     for a in plan.actions:
         counts[str(a.kind)] = counts.get(str(a.kind), 0) + 1
     summary = ", ".join(f"{n} to {kind}" for kind, n in sorted(counts.items()))
-    gated = len(plan.gated)
+    abandoned = sum(1 for a in plan.actions if a.drift == Drift.ABANDONED)
+    if abandoned:
+        summary += f" ({abandoned} abandoned: `certgit retry` re-arms)"
+    waiting = sum(1 for a in plan.gated if a.id not in approved)
     lines += [
         "",
-        f"Plan: {summary}; {gated} need{'s' if gated == 1 else ''} approval.",
+        f"Plan: {summary}; {waiting} need{'s' if waiting == 1 else ''} approval.",
         f"Plan hash: {plan.hash}",
     ]
     return "\n".join(lines)
@@ -107,7 +119,7 @@ def render_apply(outcome: ApplyOutcome) -> str:
         if t.removed:
             certs = ", ".join(filter(None, [certs, "removed " + ", ".join(t.removed)]))
         if t.error:
-            lines.append(f"  ! {t.status + ' ':<9}{t.target}: {certs}: {t.error}")
+            lines.append(f"  ! {t.status + ' ':<9}{t.target}: {certs}: {one_line(t.error)}")
             continue
         steps = [s for s, done in (("validated", t.validated), ("reloaded", t.reloaded),
                                    ("verified", t.verified)) if done]
@@ -115,15 +127,19 @@ def render_apply(outcome: ApplyOutcome) -> str:
         if certs or not t.failed:
             lines.append(f"  ~ {t.status + ' ':<9}{t.target}: {certs or 'nothing'}{how}")
         for cert, why in sorted(t.failed.items()):
-            lines.append(f"  ! failed   {cert} -> {t.target}: {why}")
+            lines.append(f"  ! failed   {cert} -> {t.target}: {one_line(why)}")
+    reported = {t.target for t in run.targets if t.error or t.failed}
     for row in outcome.retrying:
-        lines.append(
-            f"  ? retrying {row['payload'].get('certificate')} -> {row['target']} at "
-            f"{row['next_attempt_at']:%H:%M:%S} (attempt {row['attempts']}): {row['last_error']}"
+        head = (
+            f"  ? retrying {row['payload'].get('certificate')} -> {row['target']} after "
+            f"{when(row['next_attempt_at'])} (attempt {row['attempts']} failed)"
         )
+        # The error was printed on the target's line above when it failed in this run.
+        tail = "" if row["target"] in reported else f": {one_line(str(row['last_error']))}"
+        lines.append(head + tail)
     for a in outcome.abandoned:
         subject = a.certificate if a.target is None else f"{a.certificate} -> {a.target}"
-        lines.append(f"  x abandoned {a.kind} {subject}: {a.reason}")
+        lines.append(f"  x abandoned {a.kind} {subject}: {one_line(a.reason)}")
     for a in outcome.rejected:
         lines.append(f"  x rejected {a.kind} {a.certificate} -> {a.target}  id {a.id}")
     for a in outcome.waiting:
@@ -137,7 +153,7 @@ def render_apply(outcome: ApplyOutcome) -> str:
         )
     for a in outcome.pending:
         subject = a.certificate if a.target is None else f"{a.certificate} -> {a.target}"
-        lines.append(f"  ? pending  {a.kind} {subject}: {a.reason}")
+        lines.append(f"  ? pending  {a.kind} {subject}: {one_line(a.reason)}")
     acted = {(a.certificate, a.target) for a in outcome.final.actions}
     lines += attention_lines(outcome.final, skip=acted)
     verdict = {0: "Apply complete: every binding is in sync.",
@@ -165,7 +181,7 @@ def render_status(bindings: Iterable[BindingStatus]) -> str:
             (b.deployed_fingerprint or "-")[:16],
             when(b.not_after),
             str(b.drift),
-            b.reason,
+            one_line(b.reason, 160),
         ]
         for b in status_rows(bindings)
     ]

@@ -146,7 +146,12 @@ class NginxLab:
         return served_fingerprint(self.server.port, f"{name}.example.test")
 
     def wait_served(self, name: str, fingerprint: str) -> bool:
-        return wait_for(lambda: self.served(name) == fingerprint, timeout=10.0)
+        """True once 8 handshakes in a row serve `fingerprint`: after a reload nginx's old
+        workers answer for a few tens of milliseconds more."""
+        def steady() -> bool:
+            return all(self.served(name) == fingerprint for _ in range(8))
+
+        return wait_for(steady, timeout=10.0)
 
     def reloads(self) -> int:
         return count_lines(self.reload_counter)

@@ -126,7 +126,7 @@ def test_rollback_goes_to_the_version_served_before_not_number_minus_one(nginx_l
 
     r = lab.cli("rollback", "web", "--reason", "v3 breaks old clients", "--as", "oncall")
     assert r.code == EXIT_OK, r.out + r.err
-    assert "rolling back a on web to v1 (held)" in r.out
+    assert "rolled back a on web to v1 (held)" in r.out
     assert _serves(lab, "a", fp1), "nginx does not serve v1 after the rollback"
     assert lab.deployed("a") == (fp1, 1)
     assert _deploys(lab, "a") == [("deploy", 1, None), ("deploy", 3, 1), ("rollback", 1, 3)]
@@ -159,7 +159,7 @@ def test_rollback_goes_to_the_version_served_before_not_number_minus_one(nginx_l
     assert ok.code == EXIT_OK, ok.out + ok.err
     done = lab.cli(*again)
     assert done.code == EXIT_OK, done.out + done.err
-    assert "rolling back a on web to v2 (held)" in done.out
+    assert "rolled back a on web to v2 (held)" in done.out
     assert _serves(lab, "a", fp2)
     assert lab.deployed("a") == (fp2, 2)
     assert _deploys(lab, "a")[-1] == ("rollback", 2, 1)
@@ -209,7 +209,7 @@ def test_release_cancels_a_failed_rollbacks_retry(nginx_lab) -> None:
     lab.server.write_config(extra="bogus_directive on;")  # nginx -t now fails
     r = lab.cli("rollback", "web", "--reason", "incident 8")
     assert r.code == EXIT_ERROR, r.out + r.err
-    assert "rollback did not complete" in r.err and "certgit release web" in r.err
+    assert "FAILED" in r.err and "certgit release web" in r.err
     assert _serves(lab, "a", fp2)  # the failed validate restored the files; no reload
     assert lab.deployed("a") == (fp2, 2)
     assert lab.status()[("a", "web")]["drift"] == "held"  # the hold stays
