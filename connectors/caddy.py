@@ -170,11 +170,13 @@ class CaddyConnector(FileConnector):
             files={key: _entry_sha(entry)},
         )
 
-    def validate_only(self, sandbox: Sandbox, change: ChangeSet) -> list[str]:
+    def validate_only(
+        self, sandbox: Sandbox, change: ChangeSet, *, always_test: bool = False
+    ) -> list[str]:
         """Dry run. Admin API: preflight, read the config, say which entries would change."""
         target = change.target
         if not self.uses_api(target):
-            return super().validate_only(sandbox, change)
+            return super().validate_only(sandbox, change, always_test=always_test)
         for deployment in change.deployments:
             self.preflight(deployment)
         current = _load_pem(self._get_config(sandbox, target))

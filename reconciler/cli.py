@@ -44,6 +44,14 @@ def _source_flags() -> argparse.ArgumentParser:
     return common
 
 
+def _version_number(text: str) -> int:
+    """`2` or `v2` (how history prints versions)."""
+    digits = text.strip().removeprefix("v").removeprefix("V")
+    if not digits.isdigit() or int(digits) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version: write e.g. 2 or v2")
+    return int(digits)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _source_flags()
     parser = argparse.ArgumentParser(
@@ -112,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--certificate", help="only this certificate (default: every one on TARGET)")
-    p.add_argument("--to", dest="to_version", type=int, metavar="VERSION",
-                   help="version to deploy (default: the one before the deployed version)")
+    p.add_argument("--to", dest="to_version", type=_version_number, metavar="VERSION",
+                   help="version to deploy, e.g. 2 or v2 (default: the version TARGET served "
+                        "before the current one)")
     p.add_argument("--reason", default="", help="why; written to the audit log")
     p.add_argument("--as", dest="actor", help="identity recorded in the audit log")
 
@@ -396,7 +405,7 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_decide(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from certgit.reconciler.engine import decide, operator_identity
 
-    engine = _engine(args)
+    engine = _engine(args, create=False)  # acts on existing state: a typo creates nothing
     try:
         plan_hash, action = decide(
             engine, args.plan_ref, args.command, operator_identity(args.actor), args.reason
@@ -415,7 +424,7 @@ def cmd_decide(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_rollback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from certgit.reconciler.engine import operator_identity, rollback
 
-    engine = _engine(args)
+    engine = _engine(args, create=False)  # acts on existing state: a typo creates nothing
     try:
         outcome = rollback(
             engine,
@@ -460,7 +469,7 @@ def cmd_rollback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from certgit.reconciler.engine import operator_identity, retry
 
-    engine = _engine(args)
+    engine = _engine(args, create=False)  # acts on existing state: a typo creates nothing
     try:
         count = retry(
             engine, args.target, certificate=args.certificate,
@@ -480,7 +489,7 @@ def cmd_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_release(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from certgit.reconciler.engine import operator_identity, release
 
-    engine = _engine(args)
+    engine = _engine(args, create=False)  # acts on existing state: a typo creates nothing
     try:
         count = release(
             engine, args.target, certificate=args.certificate,

@@ -232,8 +232,10 @@ class ApplyOutcome:
 
     @property
     def exit_code(self) -> int:
-        """0 converged, 1 something failed, 2 waiting for approval or a retry."""
+        """0 converged, 1 something failed (a dry run: would fail), 2 waiting or changes."""
         if self.run.failed or self.abandoned:
+            return 1
+        if any(": would fail: " in line for line in self.dry_run):
             return 1
         if self.waiting or self.retrying or not self.final.empty:
             return 2
@@ -361,10 +363,11 @@ def dry_run_lines(engine: Engine, desired: DesiredState, plan: Plan) -> list[str
 
     lines: list[str] = []
     by_target: dict[str, list[Action]] = {}
+    approved = {a.id for a in _gated_split(engine.store, plan)[0]}
     for action in plan.actions:
         if action.target is None:
             lines.append(f"would {action.kind} {action.certificate}: {action.reason}")
-        elif action.gated:
+        elif action.gated and action.id not in approved:
             lines.append(
                 f"would wait for approval: {action.kind} {action.certificate} -> "
                 f"{action.target} (certgit approve {action.id})"
@@ -375,6 +378,7 @@ def dry_run_lines(engine: Engine, desired: DesiredState, plan: Plan) -> list[str
     for name, actions in sorted(by_target.items()):
         target = desired.targets[name]
         bundles = []
+        stand_in = False
         for action in actions:
             if action.kind == "remove":
                 lines.append(f"{name}: would remove {action.certificate}")
@@ -387,6 +391,7 @@ def dry_run_lines(engine: Engine, desired: DesiredState, plan: Plan) -> list[str
                     continue
                 # Not issued yet: the server's config is still tested, with the files in place.
                 payload = {**payload, "version": dep.version, "fingerprint": dep.fingerprint}
+                stand_in = True
             try:
                 bundles.append(build_bundle(engine.store, desired, payload, name))
             except CertgitError as exc:
@@ -402,7 +407,15 @@ def dry_run_lines(engine: Engine, desired: DesiredState, plan: Plan) -> list[str
             if check is None:
                 lines.append(f"{name}: connector {target.type} has no dry run; would deploy")
                 continue
-            lines += [f"{name}: {line}" for line in check(sandbox, change)]
+            if stand_in:
+                lines.append(
+                    f"{name}: note    the new certificate is issued by the apply: the config "
+                    "test runs with the files in place"
+                )
+                found = check(sandbox, change, always_test=True)
+            else:
+                found = check(sandbox, change)
+            lines += [f"{name}: {line}" for line in found]
         except CertgitError as exc:
             lines += [f"{name}: {line}" for line in getattr(exc, "lines", ())]
             lines.append(f"{name}: would fail: {exc}")

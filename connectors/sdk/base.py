@@ -519,7 +519,9 @@ class FileConnector:
             certificate=certificate, target=target.name, fingerprint=fingerprint, files=files
         )
 
-    def validate_only(self, sandbox: Sandbox, change: ChangeSet) -> list[str]:
+    def validate_only(
+        self, sandbox: Sandbox, change: ChangeSet, *, always_test: bool = False
+    ) -> list[str]:
         """Dry run: preflight, grants, the config test on the new files. Writes no live file.
 
         Returns lines: `create/replace/keep/delete <path>` per file, `run` for
@@ -530,7 +532,9 @@ class FileConnector:
         connector's `config_test` says how); when that copy cannot be built, the
         configured command runs against the CURRENT config only if it is a known
         read-only config test, and the `test` line starts "new files not
-        tested: <why>". The reload command never runs.
+        tested: <why>". The reload command never runs. `always_test` runs the
+        config test even when no file changes (the caller stands in files in
+        place for a certificate the apply has yet to issue).
 
         Contract: every failure RAISES, nothing returns a failure line.
         PreflightFailed (bundle unusable), DeniedError (missing grant), and
@@ -575,7 +579,7 @@ class FileConnector:
             sandbox.check_dial(target.verify.host, target.verify.port)
         if changed and target.verify is not None:
             lines.append(f"verify  {_endpoint(target.verify)}")
-        if not changed:
+        if not changed and not always_test:
             lines.append(f"target {target.name}: nothing to change")
             return lines
         lines += dry_run_config_test(

@@ -79,3 +79,28 @@ def test_dry_run_on_a_broken_nginx_says_would_fail_and_touches_nothing(nginx_lab
     assert after == before
     assert (lab.reloads(), lab.validates()) == (reloads, validates)
     assert lab.server.reload_count() == hups  # nginx was never signalled
+
+
+def test_dry_run_tests_the_config_even_before_the_new_certificate_is_issued(nginx_lab) -> None:
+    """A SAN change needs a new certificate, which a dry run does not issue: the server's
+    config test still runs (with the files in place) and a broken config would fail."""
+    import json
+
+    from tests.e2e.labs import certificate_yaml
+
+    lab: NginxLab = nginx_lab(("a",))
+    target = lab.target_yaml().decode().replace(
+        json.dumps(lab.validate_argv), json.dumps(lab.server.validate_argv())
+    )
+    lab.commit({"target.yaml": target.encode()}, "validate with nginx -t itself")
+    _converge(lab)
+    lab.commit({"certs/a.yaml": certificate_yaml("a", dns=["a.example.test", "www.a.test"])},
+               "a: add a SAN")
+    lab.server.write_config(extra="    bogus_directive on;")
+    r = lab.cli("apply", "--dry-run")
+    assert r.code == 1, r.out + r.err
+    assert "would issue a" in r.out and "would fail" in r.out and "bogus_directive" in r.out
+    assert lab.versions("a") == 1  # a dry run issues nothing
+    lab.server.write_config()
+    r = lab.cli("apply", "--dry-run")
+    assert r.code == 2 and "would fail" not in r.out, r.out
