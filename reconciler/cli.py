@@ -230,6 +230,14 @@ def _print_problems(exc: ConfigErrors, out: TextIO, err: TextIO, last_good: str 
     print(f"{n} problem{'s' if n != 1 else ''} found: nothing was changed{tail}", file=err)
 
 
+def _warn_degraded(engine: Engine, err: TextIO) -> None:
+    """One line on stderr when the last good commit stands in for an invalid or unreadable
+    head (DESIGN §8); stdout stays what the command prints (pure JSON with --json)."""
+    degraded = getattr(engine, "degraded", None)
+    if degraded is not None:
+        print(degraded.warning(), file=err)
+
+
 def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from certgit.reconciler.desired import load_directory
 
@@ -286,9 +294,12 @@ def _current_plan(
     *,
     record_as: str | None = None,
     approvals: dict[str, str] | None = None,
+    degraded: dict[str, Any] | None = None,
 ) -> Plan | None:
     """Poll and plan; print the commit's problems and return None when it is invalid.
 
+    An invalid or unreadable head with a last good commit on record plans that
+    commit instead, with one warning on stderr (and `degraded` filled with why).
     With `record_as`, the plan is also persisted (and audited the first time);
     `approvals` is filled with the gated actions already approved for it.
     """
@@ -297,16 +308,20 @@ def _current_plan(
     engine = _engine(args, create=False)
     try:
         try:
-            plan = engine.plan(refresh=args.refresh == "true")
+            plan = engine.plan(refresh=args.refresh == "true", fallback=True)
         except ConfigErrors as exc:
-            _print_problems(exc, out, err, engine.last_good_commit())
+            # With --json, stdout is for JSON only.
+            _print_problems(exc, err if args.json else out, err, engine.last_good_commit())
             return None
+        if degraded is not None and engine.degraded is not None:
+            degraded.update(engine.degraded.to_dict())
         if record_as is not None:
             engine.record_plan(plan, record_as)
         if approvals is not None and plan.gated:
             approvals.update(approved_by(engine.store, plan))
         return plan
     finally:
+        _warn_degraded(engine, err)
         engine.close()
 
 
@@ -314,13 +329,15 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from certgit.reconciler.engine import operator_identity
 
     approvals: dict[str, str] = {}
+    degraded: dict[str, Any] = {}
     plan = _current_plan(
-        args, out, err, record_as=operator_identity(args.actor), approvals=approvals
+        args, out, err, record_as=operator_identity(args.actor), approvals=approvals,
+        degraded=degraded,
     )
     if plan is None:
         return EXIT_ERROR
     if args.json:
-        data = plan.to_dict()
+        data = {**plan.to_dict(), "degraded": degraded or None}
         for action in data["actions"]:
             action["approved_by"] = approvals.get(action["id"])
         json.dump(data, out, indent=2, sort_keys=True)
@@ -333,13 +350,15 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from certgit.reconciler.render import status_rows
 
-    plan = _current_plan(args, out, err)
+    degraded: dict[str, Any] = {}
+    plan = _current_plan(args, out, err, degraded=degraded)
     if plan is None:
         return EXIT_ERROR
     bindings = status_rows(plan.bindings)
     if args.json:
         rows = [b.to_dict() for b in bindings]
-        json.dump({"commit": plan.commit, "bindings": rows}, out, indent=2, sort_keys=True)
+        data = {"commit": plan.commit, "bindings": rows, "degraded": degraded or None}
+        json.dump(data, out, indent=2, sort_keys=True)
         out.write("\n")
         return EXIT_OK
     print(render_status(bindings), file=out)
@@ -377,6 +396,7 @@ def cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from certgit.reconciler.engine import apply, operator_identity
+    from certgit.reconciler.executor import ExecutorConfig
 
     engine = _engine(args)
     try:
@@ -386,11 +406,13 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 operator_identity(args.actor),
                 dry_run=args.dry_run,
                 refresh=args.refresh == "true",
+                config=ExecutorConfig(retry_now=True),
             )
         except ConfigErrors as exc:
             _print_problems(exc, out, err, engine.last_good_commit())
             return EXIT_ERROR
     finally:
+        _warn_degraded(engine, err)
         engine.close()
     if args.dry_run:
         head = f"certgit apply --dry-run (plan {outcome.plan.hash[:12]}): nothing is written"
@@ -411,6 +433,7 @@ def cmd_decide(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             engine, args.plan_ref, args.command, operator_identity(args.actor), args.reason
         )
     finally:
+        _warn_degraded(engine, err)
         engine.close()
     what = f"action {action} of plan {plan_hash[:12]}" if action else f"plan {plan_hash}"
     verb = "approved" if args.command == "approve" else "rejected"
@@ -435,6 +458,7 @@ def cmd_rollback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             reason=args.reason or "rollback",
         )
     finally:
+        _warn_degraded(engine, err)
         engine.close()
     for a in outcome.waiting:
         print(

@@ -60,11 +60,15 @@ def _utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    """Tuning of the worker. Defaults: 4 targets at once, 10 min lease, 5 attempts."""
+    """Tuning of the worker. Defaults: 4 targets at once, 10 min lease, 5 attempts
+    30 s → 30 min apart."""
 
     parallelism: int = 4
     lease: timedelta = timedelta(minutes=10)
     backoff: Backoff = field(default_factory=Backoff)
+    # An operator's `certgit apply` tries waiting retries at once (the attempt budget
+    # still bounds them); a scheduler waits for each backoff.
+    retry_now: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,8 @@ class Executor:
     def run(self, plan_hash: str | None = None) -> RunReport:
         """Claim, execute and record every runnable message (of one plan, if given)."""
         messages = outbox.claim(
-            self.store, self.owner, self.clock(), lease=self.config.lease, plan_hash=plan_hash
+            self.store, self.owner, self.clock(), lease=self.config.lease, plan_hash=plan_hash,
+            retry_now=self.config.retry_now,
         )
         if not messages:
             return RunReport()

@@ -131,8 +131,9 @@ def render_apply(outcome: ApplyOutcome) -> str:
     reported = {t.target for t in run.targets if t.error or t.failed}
     for row in outcome.retrying:
         head = (
-            f"  ? retrying {row['payload'].get('certificate')} -> {row['target']} after "
-            f"{when(row['next_attempt_at'])} (attempt {row['attempts']} failed)"
+            f"  ? retrying {row['payload'].get('certificate')} -> {row['target']}: attempt "
+            f"{row['attempts']} failed; the next `certgit apply` tries again (a scheduler "
+            f"after {when(row['next_attempt_at'])})"
         )
         # The error was printed on the target's line above when it failed in this run.
         tail = "" if row["target"] in reported else f": {one_line(str(row['last_error']))}"

@@ -58,8 +58,8 @@ class Message:
 class Backoff:
     """Exponential backoff with jitter: base·2^(n-1) capped at `maximum`, times U(0.5, 1)."""
 
-    base: float = 5.0
-    maximum: float = 600.0
+    base: float = 30.0
+    maximum: float = 1800.0
     max_attempts: int = 5
 
     def delay(self, attempts: int, rng: random.Random | None = None) -> float:
@@ -112,11 +112,13 @@ def claim(
     *,
     lease: timedelta = timedelta(minutes=10),
     plan_hash: str | None = None,
+    retry_now: bool = False,
 ) -> list[Message]:
     """Claim every runnable message (optionally of one plan) for `owner`; commit; return them.
 
-    Runnable: PENDING; RETRY_WAIT whose next attempt is due; RUNNING whose
-    lease expired or whose owner process died.
+    Runnable: PENDING; RETRY_WAIT whose next attempt is due (any, with
+    `retry_now`: an operator ran apply by hand); RUNNING whose lease expired or
+    whose owner process died.
     """
     stamp = db_timestamp(now)
     with store.transaction() as conn:
@@ -133,7 +135,7 @@ def claim(
             if state == "PENDING":
                 ids.append(row_id)
             elif state == "RETRY_WAIT":
-                if next_at is None or next_at <= stamp:
+                if retry_now or next_at is None or next_at <= stamp:
                     ids.append(row_id)
             elif lease_until is None or lease_until < stamp or owner_is_dead(lease_owner):
                 ids.append(row_id)
