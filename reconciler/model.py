@@ -350,6 +350,10 @@ class LiveObservation:
     observed_at: datetime
     error: str | None = None  # observation failed: no conclusion about drift
     files: Mapping[str, str | None] = field(default_factory=dict)  # path -> SHA-256 or None
+    # What the target's verify endpoint serves for this binding's SNI (None: not probed)
+    served: str | None = None
+    server_name: str | None = None
+    served_error: str | None = None
 
 
 # --------------------------------------------------------------------------- plan

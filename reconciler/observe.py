@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ Key = tuple[str, str]
 class _Job:
     target: Target
     bindings: tuple[tuple[str, Mapping[str, Any], tuple[str, ...]], ...]  # cert, overrides, paths
+    dns_names: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # cert -> SANs
 
 
 def observe(
@@ -58,7 +59,14 @@ def observe(
         jobs.setdefault(binding.target, []).append((cert.name, binding.overrides, paths))
     if not jobs:
         return {}
-    work = [_Job(desired.targets[name], tuple(items)) for name, items in sorted(jobs.items())]
+    work = [
+        _Job(
+            desired.targets[name],
+            tuple(items),
+            {cert: desired.certificates[cert].dns_names for cert, _o, _p in items},
+        )
+        for name, items in sorted(jobs.items())
+    ]
     if loader is None:
         from certgit.reconciler.executor import default_loader
 
@@ -130,10 +138,45 @@ def _observe_target(
                         except Exception as exc:  # an unreadable file proves nothing
                             error = f"cannot read {path}: {exc}"
                             break
+            served = _probe(sandbox, spec, cert, overrides, job.dns_names.get(cert, ()))
             out[(cert, name)] = LiveObservation(
-                cert, name, seen.fingerprint, now, error=error, files=files
+                cert, name, seen.fingerprint, now, error=error, files=files,
+                served=served[0], server_name=served[1], served_error=served[2],
             )
     return out
+
+
+def _probe(
+    sandbox: Any, spec: Any, cert: str, overrides: Mapping[str, Any], dns_names: tuple[str, ...]
+) -> tuple[str | None, str | None, str | None]:
+    """(served fingerprint, SNI, error) on the target's verify endpoint for one binding.
+
+    The same SNI the post-deploy check uses. Files can be exactly as certgit wrote
+    them while the server serves something else (its config points elsewhere, it
+    was never reloaded): only a handshake sees that. Skipped without an endpoint.
+    """
+    config = spec.verify
+    verify = overrides.get("verify")
+    if config is None or verify is False:
+        return None, None, None
+    from certgit.connectors.model import Deployment as Bundle
+    from certgit.connectors.sdk.base import expected_pairs
+
+    stand_in = Bundle(
+        certificate=cert, version=0, fingerprint="", cert_pem=b"", chain_pem=b"", key_pem=b"",
+        dns_names=dns_names,
+        server_name=verify.get("serverName") if isinstance(verify, Mapping) else None,
+    )
+    pairs = expected_pairs(config, [stand_in])
+    if not pairs:
+        return None, None, None
+    name = pairs[0][0]
+    try:
+        return sandbox.tls_leaf_fingerprint(
+            config.host, config.port, name, timeout=min(config.timeout, 5.0)
+        ), name, None
+    except Exception as exc:  # a failed probe proves nothing about the files
+        return None, name, f"{type(exc).__name__}: {exc}"
 
 
 @contextmanager

@@ -672,6 +672,21 @@ def _plan_binding(
         )
     if observed is not None and observed.error is None:
         seen = _live_drift(dep, observed)
+        if (
+            seen is None
+            and not failing
+            and observed.served is not None
+            and observed.served != deployed_fp
+        ):
+            # The files are as written, yet the endpoint serves another leaf: a redeploy
+            # would change nothing, so this is shown, not acted on.
+            return finish(
+                Drift.MODIFIED,
+                f"{observed.server_name or 'the endpoint'} serves {observed.served[:16]}, not "
+                f"v{deployed_version} {deployed_fp[:16]}: the files are as certgit wrote them, "
+                "so the server is not using them (check its config, or reload it)",
+                act=False,
+            )
         if seen is not None:
             drift, why = seen
             if failing:

@@ -104,3 +104,30 @@ def test_dry_run_tests_the_config_even_before_the_new_certificate_is_issued(ngin
     lab.server.write_config()
     r = lab.cli("apply", "--dry-run")
     assert r.code == 2 and "would fail" not in r.out, r.out
+
+
+def test_a_server_serving_other_files_is_modified_not_in_sync(nginx_lab) -> None:
+    """Files exactly as certgit wrote them, but nginx points elsewhere: the handshake on the
+    verify endpoint shows it, and a redeploy is not proposed (it would change nothing)."""
+    from tests.integration.conftest import issue
+    from tests.integration.servers import Site, write_pair
+
+    lab: NginxLab = nginx_lab(("a", "b"))
+    _converge(lab)
+    stray = issue("b.example.test", 9)
+    write_pair(stray, lab.root / "stray.crt", lab.root / "stray.key")
+    lab.server.sites = (
+        lab.server.sites[0], Site("b.example.test", lab.root / "stray.crt", lab.root / "stray.key")
+    )
+    lab.server.write_config()
+    import os
+    import signal
+
+    os.kill(lab.server.pid(), signal.SIGHUP)
+    assert lab.wait_served("b", stray.fingerprint)
+    status = lab.status()
+    assert status[("b", "web")]["drift"] == "modified"
+    assert "not using them" in status[("b", "web")]["reason"]
+    assert status[("a", "web")]["drift"] == "in-sync"
+    assert lab.cli("plan").code == 0  # shown, nothing to apply
+    assert lab.cli("status", "--refresh=false").code == 0
