@@ -124,6 +124,8 @@ class DeployReport:
     written: Mapping[str, tuple[tuple[str, str, str], ...]] = field(default_factory=dict)
     # certificate -> why it was left out of this change set (the rest went ahead)
     failed: Mapping[str, str] = field(default_factory=dict)
+    # files certgit had not written that an `adopt: true` binding took over (backed up)
+    adopted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -388,7 +388,9 @@ def cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         else:
             for r in rows:
                 line = f"{r['seq']:>6}  {r['at']}  {r['actor']:<12}  {r['action']:<16}"
-                print(f"{line}  {r['subject']}", file=out)
+                details = r["details"] if isinstance(r["details"], dict) else {}
+                why = f"  ({details['reason']})" if details.get("reason") else ""
+                print(f"{line}  {r['subject']}{why}", file=out)
         return EXIT_OK
     finally:
         engine.close()
@@ -534,6 +536,10 @@ def cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         view = history(engine.store, args.name)
     finally:
         engine.close()
+    if args.name is not None and not view.versions and not view.deploys and not view.events:
+        print(f"error: no certificate or target named {args.name!r} on record: "
+              "`certgit status` lists them", file=err)
+        return EXIT_ERROR
     if args.json:
         json.dump(view.to_dict(), out, indent=2, sort_keys=True, default=str)
         out.write("\n")
@@ -541,7 +547,7 @@ def cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from certgit.reconciler.render import table, when
 
     print(table(
-        ["CERTIFICATE", "VERSION", "KEY", "NOT AFTER", "SANS", "FINGERPRINT", "DEPLOYED ON"],
+        ["CERTIFICATE", "VERSION", "KEY", "NOT AFTER", "SANS", "FINGERPRINT", "LIVE ON NOW"],
         [[v.certificate, f"v{v.version}", v.key, when(v.not_after), " ".join(v.sans) or "-",
           v.fingerprint[:16], ", ".join(v.deployed_on) or "-"] for v in view.versions],
     ), file=out)

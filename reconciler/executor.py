@@ -461,6 +461,7 @@ class Executor:
                     p for r in call.relocated if r.certificate not in failed for p in r.paths
                 ],
                 "failed": failed,
+                "adopted": list(report.adopted) if report is not None else [],
                 "changed": bool(report and report.changed),
                 "validated": bool(report and report.validated),
                 "reloaded": bool(report and report.reloaded),

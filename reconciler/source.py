@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pygit2
 from pygit2.enums import FetchPrune, FileMode
@@ -134,11 +134,32 @@ class GitSource:
         except SourceError:
             raise
         except (pygit2.GitError, OSError, KeyError, ValueError) as exc:
+            missing = self._missing_local_path()
+            if missing is not None:
+                # libgit2 says "unsupported URL protocol" for a path that is not there.
+                raise SourceError(
+                    f"repository path {missing} does not exist (moved or deleted?); restore "
+                    "it, or point --repo (CERTGIT_REPO, [repository] url) at its new place; "
+                    f"{_KEEP}"
+                ) from exc
             detail = str(exc).replace(self.url, self._shown_url) or type(exc).__name__
             raise SourceError(
                 f"could not {action} {self._shown_url}: {detail}; check that the repository "
                 f"exists and is readable (URL, credentials, network); {_KEEP}"
             ) from exc
+
+    def _missing_local_path(self) -> str | None:
+        """The source's local path (plain path or file:// URL) when it does not exist, else None."""
+        if "://" in self.url:
+            parts = urlsplit(self.url)
+            if parts.scheme != "file":
+                return None
+            local = unquote(parts.path)
+        elif re.match(r"^[^/]+@[^/:]+:", self.url):
+            return None  # scp-like ssh address
+        else:
+            local = self.url
+        return None if os.path.exists(local) else local
 
     # ------------------------------------------------------------------ fetch
 
@@ -161,7 +182,9 @@ class GitSource:
     def _clone(self) -> None:
         parent = self.mirror_path.parent
         with self._translate("clone"):
-            parent.mkdir(parents=True, exist_ok=True)
+            if not parent.exists():
+                parent.mkdir(mode=0o700, parents=True)
+                os.chmod(parent, 0o700)  # the mirror is the state dir's business only
             staging = Path(tempfile.mkdtemp(prefix=".clone-", dir=parent))
         try:
             with self._translate("clone"):
@@ -217,6 +240,26 @@ class GitSource:
         commit_id = str(commit.id)
         if last_applied is not None and not self.config.allow_history_rewrite:
             self._guard_history(repo, commit_id, last_applied)
+        return self._snapshot(repo, commit)
+
+    def snapshot_of(self, commit: str) -> Snapshot:
+        """The Snapshot of one given commit, read from the local mirror without fetching.
+
+        For the last good commit while the remote is unreachable or its head is
+        invalid. Raises SourceError when the mirror does not hold that commit.
+        """
+        repo = self._open()
+        try:
+            found = repo[commit].peel(pygit2.Commit)
+        except (pygit2.GitError, KeyError, ValueError, TypeError) as exc:
+            raise SourceError(
+                f"commit {commit[:12]} is not in the mirror {self.mirror_path} of "
+                f"{self._shown_url} ({str(exc) or type(exc).__name__})"
+            ) from exc
+        return self._snapshot(repo, found)
+
+    def _snapshot(self, repo: pygit2.Repository, commit: pygit2.Commit) -> Snapshot:
+        commit_id = str(commit.id)
         snapshot = self._last_snapshot
         if snapshot is not None and snapshot.commit == commit_id:
             return snapshot

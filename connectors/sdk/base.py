@@ -435,22 +435,32 @@ class FileConnector:
         )
         return replace(change, deployments=tuple(keep), removals=removals), failed
 
-    def _check_first_contact(
+    def _foreign_files(
         self, sandbox: Sandbox, change: ChangeSet, deployment: Deployment
-    ) -> None:
+    ) -> list[str]:
+        """Files this deployment would replace that certgit did not write (content differs)."""
         owned = change.owned or frozenset()
+        foreign = []
         for spec in self.file_specs(change.target, deployment):
             if spec.path in owned:
                 continue
             current = sandbox.file_sha256(spec.path)
             if current is not None and current != hashlib.sha256(spec.content).hexdigest():
-                raise PreflightFailed(
-                    f"certificate {deployment.certificate}: {spec.path} already exists and "
-                    "certgit did not write it (its content differs); refusing to overwrite "
-                    "it. Set `adopt: true` on the deployTo entry or the Target to take it "
-                    "over (the old file is backed up), or point the binding at another file",
-                    target=change.target.name,
-                )
+                foreign.append(spec.path)
+        return foreign
+
+    def _check_first_contact(
+        self, sandbox: Sandbox, change: ChangeSet, deployment: Deployment
+    ) -> None:
+        foreign = self._foreign_files(sandbox, change, deployment)
+        if foreign:
+            raise PreflightFailed(
+                f"certificate {deployment.certificate}: {foreign[0]} already exists and "
+                "certgit did not write it (its content differs); refusing to overwrite "
+                "it. Set `adopt: true` on the deployTo entry or the Target to take it "
+                "over (the old file is backed up), or point the binding at another file",
+                target=change.target.name,
+            )
 
     def deploy(self, sandbox: Sandbox, change: ChangeSet) -> DeployReport:
         """Isolate unusable bindings → one atomic apply of every file → verify each binding."""
@@ -462,6 +472,11 @@ class FileConnector:
         specs, deletes = self.plan_files(change)
         settings = self.settings(target)
         verify = self._verifier(sandbox, change)
+        adopted: list[str] = []
+        if change.owned is not None:
+            for deployment in change.deployments:
+                if deployment.adopt:
+                    adopted += self._foreign_files(sandbox, change, deployment)
         result = sandbox.apply_files(
             specs,
             validate=settings.validate,
@@ -486,6 +501,7 @@ class FileConnector:
             fingerprints={d.certificate: d.fingerprint for d in change.deployments},
             written={cert: tuple(files) for cert, files in written.items()},
             failed=failed,
+            adopted=tuple(adopted),
         )
 
     def observe(

@@ -194,10 +194,13 @@ def test_foreign_file_is_refused_without_adopt_and_sealed_when_adopted(nginx_lab
 
     lab.adopt = True
     lab.commit({"target.yaml": lab.target_yaml()}, "web: adopt the existing files")
-    assert lab.cli("retry", "web", "--reason", "adopt", "--as", "tester").code == 0
+    # Saying adopt is a new intent: no `certgit retry` needed.
     _converge(lab)
     fp, _ = lab.deployed("a")
     assert lab.wait_served("a", fp) and fp != served
+    audit = json.loads(lab.cli("audit", "show", "--json", "--limit", "0").out)
+    adopted = [row["details"]["adopted"] for row in audit if row["action"] == "deploy.completed"]
+    assert sorted(adopted[-1]) == sorted(str(p) for p in foreign), adopted
     backups = lab.state / "work" / "web" / "backups"
     copies = [p for p in backups.rglob("*") if p.is_file()]
     assert copies, f"no backup of the adopted files under {backups}"
