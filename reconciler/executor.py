@@ -176,6 +176,7 @@ class Executor:
         jobs, groups, results = self._prepare(
             [m for m in messages if m.kind not in ISSUE_KINDS], issue_errors
         )
+        jobs = self._drop_collisions(jobs, groups, results)
         calls: list[TargetCall] = []
         if jobs:
             workers = max(1, min(self.config.parallelism, len(jobs)))
@@ -318,6 +319,57 @@ class Executor:
                 )
             )
         return jobs, groups, results
+
+    def _drop_collisions(
+        self,
+        jobs: list[TargetJob],
+        groups: dict[str, dict[str, list[Message]]],
+        results: list[TargetResult],
+    ) -> list[TargetJob]:
+        """Re-check path ownership across this run's targets before anything is written.
+
+        The loader refuses two bindings that would write one file; this catches what
+        only the host knows (directories that meet through a symlink) and a desired
+        state that changed under a long run. The later binding is left out, failed.
+        """
+        owners: dict[str, tuple[str, str]] = {}
+        kept: list[TargetJob] = []
+        for job in jobs:
+            if dict(job.spec.transport).get("type", "local") != "local":
+                kept.append(job)
+                continue
+            try:
+                file_specs = getattr(self._load(job.connector_type), "file_specs", None)
+            except Exception:  # the target's own call reports it
+                file_specs = None
+            clashes: dict[str, str] = {}
+            for bundle in job.deployments if file_specs is not None else ():
+                try:
+                    paths = [spec.path for spec in file_specs(job.spec, bundle)]
+                except CertgitError:
+                    continue  # the deploy reports the bad settings itself
+                for path in paths:
+                    real = os.path.realpath(path)
+                    other = owners.setdefault(real, (job.spec.name, bundle.certificate))
+                    if other != (job.spec.name, bundle.certificate):
+                        clashes[bundle.certificate] = (
+                            f"{path} is also written by {other[1]} on target {other[0]}: "
+                            "give one of them another file name or directory"
+                        )
+            if not clashes:
+                kept.append(job)
+                continue
+            group = groups[job.spec.name]
+            now = self.clock()
+            for cert, why in clashes.items():
+                self._fail(group.pop(cert, []), why, temporary=False)
+                self.store.record_deployment(cert, job.spec.name, fingerprint=None, version=None,
+                                             at=now, error=why)
+            left = tuple(b for b in job.deployments if b.certificate not in clashes)
+            results.append(TargetResult(job.spec.name, "failed", failed=clashes))
+            if left or job.removals:
+                kept.append(replace(job, deployments=left))
+        return kept
 
     def _bundle(self, m: Message, target: str) -> Bundle:
         return build_bundle(self.store, self.desired, m.payload, target)

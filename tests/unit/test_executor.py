@@ -414,3 +414,34 @@ def test_deploy_of_an_unissued_version_waits_for_issuance(env) -> None:
     assert "no issued version" in (report.targets[0].error or "")
     assert {r["state"] for r in store.outbox_rows()} == {"RETRY_WAIT"}
 
+
+
+def test_two_targets_whose_directories_meet_through_a_symlink_do_not_both_write(env) -> None:
+    """The loader cannot see that two directories are one (a symlink on the host): the
+    executor re-checks ownership before writing and leaves the later binding out."""
+    from certgit.reconciler.executor import Executor
+
+    store, clock, tmp = env
+    real = tmp / "shared"
+    real.mkdir()
+    (tmp / "alias").symlink_to(real)
+    repo = tmp / "repo"
+    repo.mkdir()
+    (repo / "all.yaml").write_text(
+        "apiVersion: certgit.dev/v1\nkind: Issuer\nmetadata: {name: ca}\nspec: {type: local-ca}\n"
+        "---\napiVersion: certgit.dev/v1\nkind: Target\nmetadata: {name: one}\n"
+        f"spec: {{type: files, settings: {{directory: {real}}}}}\n"
+        "---\napiVersion: certgit.dev/v1\nkind: Target\nmetadata: {name: two}\n"
+        f"spec: {{type: files, settings: {{directory: {tmp / 'alias'}}}}}\n"
+        "---\napiVersion: certgit.dev/v1\nkind: Certificate\nmetadata: {name: www}\n"
+        "spec:\n  dnsNames: [www.example.test]\n  issuerRef: {name: ca}\n"
+        "  deployTo: [{target: one}, {target: two}]\n"
+    )
+    desired = load_directory(repo)
+    _enqueue(store, desired, clock)
+    report = Executor(store, tmp / "state", desired, actor="t", clock=clock).run()
+    failed = {t.target: t.failed for t in report.targets if t.failed}
+    assert list(failed) == ["two"] and "also written by www on target one" in failed["two"]["www"]
+    two = store.recorded_state().deployments[("www", "two")]
+    assert two.fingerprint is None and "also written by www" in str(two.last_error)
+    assert {r["state"] for r in store.outbox_rows() if r["target"] == "two"} == {"RETRY_WAIT"}
