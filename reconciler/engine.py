@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 from certgit.reconciler.config import Settings, SettingsError
 from certgit.reconciler.desired import DesiredLoader
 from certgit.reconciler.doccache import DocumentCache
-from certgit.reconciler.errors import CertgitError
+from certgit.reconciler.errors import CertgitError, ConfigErrors, SourceError
 from certgit.reconciler.model import DesiredState, LiveObservation, RecordedState
 from certgit.reconciler.planner import Action, Plan, diff
 
 if TYPE_CHECKING:
     from certgit.reconciler.executor import ExecutorConfig, RunReport
-    from certgit.reconciler.source import GitSource
+    from certgit.reconciler.source import GitSource, Snapshot
     from certgit.reconciler.store import Store
 
 LAST_GOOD_COMMIT = "last_good_commit"
@@ -42,6 +42,54 @@ def operator_identity(explicit: str | None = None) -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return f"uid:{os.getuid()}"
+
+
+_KEEP = "the last good commit stays in force"
+
+
+@dataclass(frozen=True)
+class Degraded:
+    """Why the engine works from the last good commit instead of the head (DESIGN §8).
+
+    Either the head was fetched but is invalid (`head` and `problems` set), or
+    the source could not give a commit at all (`error` set: unreachable
+    repository, vanished ref, rewritten history, ...).
+    """
+
+    commit: str  # the last good commit, in force
+    ref: str = "HEAD"
+    head: str | None = None  # the rejected head, when it was fetched
+    problems: tuple[str, ...] = ()  # the head's problems (FILE:LINE:COL: message)
+    error: str | None = None  # the SourceError text
+
+    @property
+    def reason(self) -> str:
+        return "invalid-head" if self.problems else "source-error"
+
+    def warning(self) -> str:
+        """One line for stderr, saying what is rejected and what stays in force."""
+        good = self.commit[:12]
+        if self.problems:
+            n = len(self.problems)
+            head = f"{self.ref} {self.head[:12]}" if self.head else self.ref
+            return (
+                f"warning: {head} is invalid ({n} problem{'s' if n != 1 else ''}, run "
+                f"`certgit validate`); the last good commit {good} stays in force"
+            )
+        error = (self.error or "the source could not be read").rstrip(". ")
+        kept = f"the last good commit {good} stays in force"
+        error = error.replace(_KEEP, kept) if _KEEP in error else f"{error}; {kept}"
+        return f"warning: {error}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "commit": self.commit,
+            "ref": self.ref,
+            "head": self.head,
+            "problems": list(self.problems),
+            "error": self.error,
+        }
 
 
 class Engine:
@@ -69,6 +117,8 @@ class Engine:
         self._last_desired: DesiredState | None = None
         # (tree id, recorded state, plan): reused while nothing it depends on moved.
         self._last_plan: tuple[str, RecordedState, Plan] | None = None
+        # Set by desired(fallback=True) when the last good commit stands in for the head.
+        self.degraded: Degraded | None = None
 
     @cached_property
     def store(self) -> Store:
@@ -108,13 +158,53 @@ class Engine:
     def last_good_commit(self) -> str | None:
         return self.store.get_source_state(LAST_GOOD_COMMIT)
 
-    def desired(self) -> DesiredState:
+    def desired(self, *, fallback: bool = False) -> DesiredState:
         """Poll the repository and return the validated desired state.
 
         Raises SourceError or ConfigErrors; the last good commit is then left
         as it was, so nothing downstream ever sees a half-read or invalid commit.
+
+        With `fallback`, an invalid head or a source that cannot be read gives
+        the last good commit instead, read from the local mirror without
+        fetching, and `self.degraded` says why (DESIGN §8: the last good commit
+        stays in force). Without a last good commit, or when the mirror no
+        longer holds it, the error is raised as without `fallback`.
         """
-        snapshot = self.source.poll(last_applied=self.store.last_applied_commit)
+        self.degraded = None
+        head: str | None = None
+        try:
+            snapshot = self.source.poll(last_applied=self.store.last_applied_commit)
+            head = snapshot.commit
+            desired = self._load(snapshot)
+        except (ConfigErrors, SourceError) as exc:
+            if not fallback:
+                raise
+            good = self.last_good_commit()
+            if good is None or good == head:
+                raise
+            kept: DesiredState | None = None
+            try:
+                kept = self._load(self.source.snapshot_of(good))
+            except (ConfigErrors, SourceError):
+                pass  # the mirror lost it too: report the head's own error
+            if kept is None:
+                raise
+            desired = kept
+            problems = tuple(str(p) for p in exc.problems) if isinstance(exc, ConfigErrors) else ()
+            self.degraded = Degraded(
+                commit=good,
+                ref=self.settings.ref or "HEAD",
+                head=head,
+                problems=problems,
+                error=None if problems else str(exc),
+            )
+            return desired
+        if self.store.get_source_state(LAST_GOOD_COMMIT) != snapshot.commit:
+            self.store.set_source_state(LAST_GOOD_COMMIT, snapshot.commit)
+        return desired
+
+    def _load(self, snapshot: Snapshot) -> DesiredState:
+        """The validated model of one snapshot (reused while its tree id is unchanged)."""
         if snapshot.tree == self._last_tree and self._last_desired is not None:
             desired = replace(self._last_desired, commit=snapshot.commit)
         else:
@@ -124,8 +214,6 @@ class Engine:
                 self.doc_cache.flush()  # files with problems are worth keeping too
             self._last_tree = snapshot.tree
         self._last_desired = desired
-        if self.store.get_source_state(LAST_GOOD_COMMIT) != snapshot.commit:
-            self.store.set_source_state(LAST_GOOD_COMMIT, snapshot.commit)
         return desired
 
     def observe(
@@ -142,6 +230,7 @@ class Engine:
         live: Mapping[tuple[str, str], LiveObservation] | None = None,
         *,
         refresh: bool = True,
+        fallback: bool = False,
     ) -> Plan:
         """Compute the plan for the current commit against the recorded and live state.
 
@@ -149,10 +238,10 @@ class Engine:
         `refresh=False` trusts the records (terraform's -refresh=false). A plan
         whose actions are all still part of the latest saved Git plan continues
         that plan: it keeps its hash, so an approval survives the issuance and
-        the deploys that already ran (see Plan.lineage).
+        the deploys that already ran (see Plan.lineage). `fallback`: see desired().
         """
         polled = desired is None
-        desired = desired if desired is not None else self.desired()
+        desired = desired if desired is not None else self.desired(fallback=fallback)
         recorded = self.store.recorded_state()
         if live is None and refresh:
             live = self.observe(desired, recorded)
@@ -318,7 +407,7 @@ def apply(
     from certgit.reconciler.model import Drift
     from certgit.reconciler.store import outbox
 
-    desired = engine.desired()
+    desired = engine.desired(fallback=True)  # the last good commit while the head is bad
     plan = engine.plan(desired, refresh=refresh)
     if dry_run:
         lines = dry_run_lines(engine, desired, plan)
@@ -446,7 +535,7 @@ def decide(
             f"{ref!r} is not a plan hash or action id: give at least 8 hex digits of the plan "
             "hash `certgit plan` prints, or an action id"
         )
-    current = engine.plan()
+    current = engine.plan(fallback=True)
     engine.record_plan(current, actor)
     plan_hash, action_id = _resolve_ref(engine.store, current, ref)
     now = engine.clock()
@@ -498,6 +587,7 @@ class RollbackOutcome:
     run: RunReport
     plan_hash: str = ""
     waiting: tuple[Action, ...] = ()  # never served on the target and gated: need approval
+    skipped: tuple[str, ...] = ()  # certificates with no earlier version there (left alone)
 
 
 def rollback(
@@ -525,7 +615,7 @@ def rollback(
     from certgit.reconciler.store.history import previous_served, served_versions
 
     store = engine.store
-    desired = engine.desired()
+    desired = engine.desired(fallback=True)
     if target not in desired.targets:
         raise CertgitError(f"target {target!r} is not in the desired state; check the name")
     recorded = store.recorded_state()
@@ -545,17 +635,23 @@ def rollback(
         raise CertgitError("--to needs --certificate when the target has several certificates")
     gate = _Gate(desired)
     actions: list[Action] = []
+    skipped: list[str] = []
     for cert in bound:
         dep = recorded.deployments[(cert, target)]
         history = store.deploy_history(target, cert)
         if to_version is None:
             want = previous_served(history, dep.version)
             if want is None:
-                raise CertgitError(
+                why = (
                     f"{cert} on {target}: no earlier version was served there (v{dep.version} "
-                    f"is the first on record); see `certgit history {target}`, or pass "
-                    "--certificate and --to VERSION (approval needed for a version never "
-                    "served there)"
+                    f"is the first on record)"
+                )
+                if certificate is None and len(bound) > 1:
+                    skipped.append(why)  # a whole-target rollback moves what can move
+                    continue
+                raise CertgitError(
+                    f"{why}; see `certgit history {target}`, or pass --certificate and "
+                    "--to VERSION (approval needed for a version never served there)"
                 )
         else:
             want = to_version
@@ -585,6 +681,11 @@ def rollback(
                 pinned=True,
             )
         )
+    if not actions:
+        raise CertgitError(
+            f"nothing on {target} was served in an earlier version: "
+            + "; ".join(skipped) + f"; see `certgit history {target}`"
+        )
     plan = Plan(commit=desired.commit, actions=tuple(actions))
     now = engine.clock()
     store.save_plan(plan.hash, desired.commit, [a.to_dict() for a in plan.actions], now,
@@ -603,7 +704,7 @@ def rollback(
              "versions": {a.certificate: a.version for a in waiting}},
             now,
         )
-        return RollbackOutcome(target, {}, RunReport(), plan.hash, tuple(waiting))
+        return RollbackOutcome(target, {}, RunReport(), plan.hash, tuple(waiting), tuple(skipped))
     chosen = {a.certificate: int(a.version or 0) for a in runnable}
     for action in runnable:
         store.add_hold(target, action.certificate, action.fingerprint, reason, actor, now)
@@ -620,7 +721,7 @@ def rollback(
         store, engine.settings.state_dir, desired, actor=actor, clock=engine.clock, env=engine.env
     )
     run = executor.run(plan_hash=plan.hash)
-    return RollbackOutcome(target, chosen, run, plan.hash)
+    return RollbackOutcome(target, chosen, run, plan.hash, skipped=tuple(skipped))
 
 
 def release(

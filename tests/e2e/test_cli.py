@@ -134,11 +134,21 @@ def test_bad_commit_is_rejected_and_last_good_commit_named(cli, sample_git) -> N
     assert cli("init").code == 0
     good = cli("plan", "--json", "--repo", str(path))
     good_commit = json.loads(good.out)["commit"]
-    commit_files(repo, {"certificates/www.yaml": b"kind: [unclosed\n"}, "oops")
-    bad = cli("plan", "--repo", str(path))
+    bad_commit = commit_files(repo, {"certificates/www.yaml": b"kind: [unclosed\n"}, "oops")
+    bad = cli("validate", "--repo", str(path))
     assert bad.code == 1
     assert bad.out.startswith("certificates/www.yaml:2:1: YAML syntax error")
     assert f"last good commit {good_commit[:12]} stays in force" in bad.err
+    # plan works on from the last good commit, with one warning on stderr (DESIGN §8).
+    kept = cli("plan", "--json", "--repo", str(path))
+    assert kept.code == 2, kept.err
+    data = json.loads(kept.out)
+    assert data["commit"] == good_commit and data["hash"] == json.loads(good.out)["hash"]
+    assert data["degraded"]["head"] == bad_commit
+    assert kept.err == (
+        f"warning: HEAD {bad_commit[:12]} is invalid (1 problem, run `certgit validate`); "
+        f"the last good commit {good_commit[:12]} stays in force\n"
+    )
 
 
 def test_status_lists_every_binding(cli, sample_git) -> None:

@@ -254,6 +254,30 @@ def test_unreachable_url_is_a_source_error_and_old_snapshot_stays_usable(
     assert "last good commit stays in force" in message
     assert info.value.temporary
     assert sorted(f.read() for f in good.files) == sorted([CERT, ISSUER])
+    # A path that is gone is named as such, not as libgit2's "unsupported URL protocol".
+    assert f"repository path {normalise_url(upstream.workdir)} does not exist" in message
+    assert "(moved or deleted?)" in message and "protocol" not in message
+
+
+@pytest.mark.parametrize("kind", ["path", "file-url"])
+def test_snapshot_of_reads_an_older_commit_from_the_mirror_without_fetching(
+    tmp_path: Path, upstream: pygit2.Repository, kind: str
+) -> None:
+    url = upstream.workdir if kind == "path" else Path(upstream.workdir).as_uri()
+    source = make_source(tmp_path, url)
+    first = source.poll()
+    newer = commit_files(upstream, {"certs/new.yaml": CERT}, "new")
+    assert source.poll().commit == newer
+    moved = Path(upstream.workdir).with_name("moved")
+    Path(upstream.workdir).rename(moved)
+    with pytest.raises(SourceError, match=r"does not exist \(moved or deleted\?\)"):
+        source.poll()
+    old = source.snapshot_of(first.commit)  # no fetch: the remote is gone
+    assert (old.commit, old.tree) == (first.commit, first.tree)
+    assert paths(old) == ["certs/www.yaml", "issuers.yml"]
+    assert make_source(tmp_path, url).snapshot_of(newer).commit == newer  # a new process too
+    with pytest.raises(SourceError, match="is not in the mirror"):
+        source.snapshot_of("ab" * 20)
 
 
 def test_branch_deleted_on_the_remote_is_pruned_and_reported(
@@ -311,7 +335,7 @@ def test_last_applied_unknown_to_the_mirror_is_refused(
 
 def test_failed_clone_leaves_no_mirror_behind(tmp_path: Path) -> None:
     source = make_source(tmp_path, tmp_path / "does-not-exist")
-    with pytest.raises(SourceError, match="check that the repository exists"):
+    with pytest.raises(SourceError, match=r"does-not-exist does not exist \(moved or deleted\?\)"):
         source.poll()
     assert not source.mirror_path.exists()
     assert list((tmp_path / "state" / "git").iterdir()) == []
