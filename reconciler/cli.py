@@ -462,6 +462,8 @@ def cmd_rollback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         _warn_degraded(engine, err)
         engine.close()
+    for why in outcome.skipped:
+        print(f"left alone: {why}", file=out)
     for a in outcome.waiting:
         print(
             f"waiting for approval: roll {a.certificate} on {args.target} back to "
