@@ -282,3 +282,23 @@ def test_history_json_has_kinds_replaced_versions_and_version_details(nginx_lab)
     assert all(v["not_after"] for v in versions.values())
     assert versions[1]["deployed_on"] == ["web"] and versions[2]["deployed_on"] == []
     assert versions[1]["fingerprint"] == lab.deployed("a")[0]
+
+
+def test_whole_target_rollback_moves_what_can_move_and_names_what_it_left(nginx_lab) -> None:
+    """`rollback web` with a (deployed twice) and b (deployed once): a goes back, b stays
+    and the output says so; nothing fails because b has no earlier version."""
+    lab: NginxLab = nginx_lab(("a", "b"))
+    _apply(lab)
+    v1 = _fingerprint(lab, "a", 1)
+    lab.commit({"certs/a.yaml": certificate_yaml("a", dns=["a.example.test", "a2.example.test"])},
+               "a: new SAN")
+    _apply(lab)
+    b_fp = lab.deployed("b")[0]
+    r = lab.cli("rollback", "web", "--reason", "bad a", "--as", "oncall")
+    assert r.code == EXIT_OK, r.out + r.err
+    assert "rolled back a on web to v1 (held)" in r.out
+    assert "left alone: b on web: no earlier version was served there" in r.out
+    assert _serves(lab, "a", v1)
+    assert lab.deployed("b")[0] == b_fp and _serves(lab, "b", b_fp)
+    assert lab.cli("rollback", "web", "--to", "v1", "--certificate", "a",
+                   "--reason", "again").code == EXIT_OK  # `v1` is how history prints it
