@@ -172,6 +172,15 @@ class NginxLab:
         )
         return rows[0] if rows else (None, None)
 
+    def fingerprint(self, cert: str, version: int) -> str:
+        """The recorded fingerprint of one version of `cert`."""
+        rows = self.query(
+            "SELECT fingerprint FROM certificate_versions WHERE certificate = ? AND version = ?",
+            cert, version,
+        )
+        assert rows, f"{cert} has no v{version}"
+        return str(rows[0][0])
+
     def versions(self, cert: str) -> int:
         return int(self.query(
             "SELECT COUNT(*) FROM certificate_versions WHERE certificate = ?", cert

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from certgit.reconciler.cli import main
 from tests.e2e.labs import NginxLab, certificate_yaml
-from tests.integration.servers import wait_for
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -23,17 +22,6 @@ def _source_state(lab: NginxLab, key: str) -> str | None:
     return str(rows[0][0]) if rows else None
 
 
-def _fingerprint(lab: NginxLab, cert: str, version: int) -> str:
-    rows = lab.query(
-        "SELECT fingerprint FROM certificate_versions WHERE certificate = ? AND version = ?",
-        cert, version,
-    )
-    assert rows, f"{cert} has no v{version}"
-    return str(rows[0][0])
-
-
-def _serves(lab: NginxLab, name: str, fingerprint: str) -> bool:
-    return wait_for(lambda: all(lab.served(name) == fingerprint for _ in range(8)), timeout=10.0)
 
 
 def _bad_head(lab: NginxLab) -> str:
@@ -56,9 +44,9 @@ def test_invalid_head_leaves_the_last_good_commit_in_force(nginx_lab) -> None:
     assert r.code == EXIT_OK, r.out + r.err
     good = _source_state(lab, "last_good_commit")
     assert good and _source_state(lab, "last_applied_commit") == good
-    fp_a1, fp_a2 = _fingerprint(lab, "a", 1), _fingerprint(lab, "a", 2)
+    fp_a1, fp_a2 = lab.fingerprint("a", 1), lab.fingerprint("a", 2)
     fp_b = lab.deployed("b")[0]
-    assert fp_b and _serves(lab, "a", fp_a2)
+    assert fp_b and lab.wait_served("a", fp_a2)
 
     bad = _bad_head(lab)
     expected = (
@@ -104,7 +92,7 @@ def test_invalid_head_leaves_the_last_good_commit_in_force(nginx_lab) -> None:
     a = lab.cli("apply", "--as", "oncall")
     assert a.code == EXIT_OK, a.out + a.err
     assert _one_warning(a.err) == expected
-    assert _serves(lab, "b", fp_b) and lab.deployed("b")[0] == fp_b
+    assert lab.wait_served("b", fp_b) and lab.deployed("b")[0] == fp_b
     assert lab.reloads() == reloads + 1
     assert lab.versions("b") == 1
 
@@ -113,14 +101,14 @@ def test_invalid_head_leaves_the_last_good_commit_in_force(nginx_lab) -> None:
     assert rb.code == EXIT_OK, rb.out + rb.err
     assert _one_warning(rb.err) == expected
     assert "rolled back a on web to v1 (held)" in rb.out
-    assert _serves(lab, "a", fp_a1) and lab.deployed("a") == (fp_a1, 1)
+    assert lab.wait_served("a", fp_a1) and lab.deployed("a") == (fp_a1, 1)
     assert lab.cli("history", "web").code == EXIT_OK
     assert lab.cli("retry", "web", "--reason", "nothing waits").code == EXIT_OK
     rel = lab.cli("release", "web", "--reason", "incident over")
     assert rel.code == EXIT_OK, rel.out + rel.err
     a = lab.cli("apply")
     assert a.code == EXIT_OK, a.out + a.err
-    assert _serves(lab, "a", fp_a2)  # the last good commit's version again
+    assert lab.wait_served("a", fp_a2)  # the last good commit's version again
 
     # The invalid head is never recorded as applied, nor planned.
     assert _source_state(lab, "last_applied_commit") == good
@@ -160,7 +148,7 @@ def test_approve_and_reject_work_from_the_last_good_commit(nginx_lab) -> None:
     assert f"HEAD {bad[:12]} is invalid" in _one_warning(ok.err)
     a = lab.cli("apply")
     assert a.code == EXIT_OK, a.out + a.err
-    assert _serves(lab, "b", fp_b)
+    assert lab.wait_served("b", fp_b)
     assert _source_state(lab, "last_applied_commit") == good
 
 
@@ -188,7 +176,7 @@ def test_unreachable_repository_leaves_the_last_good_commit_in_force(nginx_lab) 
     a = lab.cli("apply")
     assert a.code == EXIT_OK, a.out + a.err
     assert "does not exist (moved or deleted?)" in _one_warning(a.err)
-    assert _serves(lab, "b", fp_b)
+    assert lab.wait_served("b", fp_b)
     rb = lab.cli("rollback", "web", "--certificate", "b", "--to", "1", "--reason", "repair")
     assert rb.code == EXIT_OK, rb.out + rb.err
     assert lab.cli("release", "web").code == EXIT_OK

@@ -11,7 +11,6 @@ import json
 import re
 
 from tests.e2e.labs import NginxLab, certificate_yaml
-from tests.integration.servers import wait_for
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -42,22 +41,6 @@ def _apply(lab: NginxLab, *, expect: int = EXIT_OK) -> str:
     return r.out + r.err
 
 
-def _serves(lab: NginxLab, name: str, fingerprint: str, probes: int = 8) -> bool:
-    """nginx serves `fingerprint` on several handshakes in a row. After a graceful reload
-    the old workers keep answering for a few tens of milliseconds, so one matching
-    handshake (lab.wait_served) does not mean the next one matches."""
-    return wait_for(
-        lambda: all(lab.served(name) == fingerprint for _ in range(probes)), timeout=10.0
-    )
-
-
-def _fingerprint(lab: NginxLab, cert: str, version: int) -> str:
-    rows = lab.query(
-        "SELECT fingerprint FROM certificate_versions WHERE certificate = ? AND version = ?",
-        cert, version,
-    )
-    assert rows, f"{cert} has no v{version}"
-    return str(rows[0][0])
 
 
 def _approve_plan(lab: NginxLab) -> None:
@@ -86,8 +69,8 @@ def _three_versions(lab: NginxLab) -> None:
     """v1 on web; v2 issued and deployed to staging only (web gated, never approved);
     v3 approved and deployed to web."""
     _apply(lab)
-    assert lab.deployed("a") == (_fingerprint(lab, "a", 1), 1)
-    assert _serves(lab, "a", _fingerprint(lab, "a", 1))
+    assert lab.deployed("a") == (lab.fingerprint("a", 1), 1)
+    assert lab.wait_served("a", lab.fingerprint("a", 1))
     lab.commit(
         {
             "policy.yaml": POLICY,
@@ -100,9 +83,9 @@ def _three_versions(lab: NginxLab) -> None:
     )
     out = _apply(lab, expect=EXIT_CHANGES)  # staging deployed, web waits for an approval
     assert lab.versions("a") == 2, out
-    assert lab.deployed("a", "staging") == (_fingerprint(lab, "a", 2), 2)
-    assert lab.deployed("a") == (_fingerprint(lab, "a", 1), 1)
-    assert _serves(lab, "a", _fingerprint(lab, "a", 1))
+    assert lab.deployed("a", "staging") == (lab.fingerprint("a", 2), 2)
+    assert lab.deployed("a") == (lab.fingerprint("a", 1), 1)
+    assert lab.wait_served("a", lab.fingerprint("a", 1))
     lab.commit(
         {"certs/a.yaml": certificate_yaml(
             "a", ("web", "staging"), dns=["a.example.test", "v3.a.example.test"]
@@ -113,24 +96,24 @@ def _three_versions(lab: NginxLab) -> None:
     assert lab.versions("a") == 3
     _approve_plan(lab)
     _apply(lab)
-    fp3 = _fingerprint(lab, "a", 3)
+    fp3 = lab.fingerprint("a", 3)
     assert lab.deployed("a") == (fp3, 3)
     assert lab.deployed("a", "staging") == (fp3, 3)
-    assert _serves(lab, "a", fp3)
+    assert lab.wait_served("a", fp3)
 
 
 def test_rollback_goes_to_the_version_served_before_not_number_minus_one(nginx_lab) -> None:
     lab: NginxLab = nginx_lab(("a",))
     _three_versions(lab)
-    fp1, fp2 = _fingerprint(lab, "a", 1), _fingerprint(lab, "a", 2)
+    fp1, fp2 = lab.fingerprint("a", 1), lab.fingerprint("a", 2)
 
     r = lab.cli("rollback", "web", "--reason", "v3 breaks old clients", "--as", "oncall")
     assert r.code == EXIT_OK, r.out + r.err
     assert "rolled back a on web to v1 (held)" in r.out
-    assert _serves(lab, "a", fp1), "nginx does not serve v1 after the rollback"
+    assert lab.wait_served("a", fp1), "nginx does not serve v1 after the rollback"
     assert lab.deployed("a") == (fp1, 1)
     assert _deploys(lab, "a") == [("deploy", 1, None), ("deploy", 3, 1), ("rollback", 1, 3)]
-    assert lab.deployed("a", "staging") == (_fingerprint(lab, "a", 3), 3)  # untouched
+    assert lab.deployed("a", "staging") == (lab.fingerprint("a", 3), 3)  # untouched
 
     text = lab.cli("history", "web")
     assert text.code == EXIT_OK, text.out + text.err
@@ -152,7 +135,7 @@ def test_rollback_goes_to_the_version_served_before_not_number_minus_one(nginx_l
     assert "waiting for approval" in waiting.out and "v2" in waiting.out
     match = re.search(r"certgit approve ([0-9a-f]{16,})", waiting.out)
     assert match, waiting.out
-    assert _serves(lab, "a", fp1) and lab.deployed("a") == (fp1, 1)
+    assert lab.wait_served("a", fp1) and lab.deployed("a") == (fp1, 1)
     assert lab.reloads() == reloads
 
     ok = lab.cli("approve", match.group(1), "--reason", "v2 reviewed", "--as", "lead")
@@ -160,7 +143,7 @@ def test_rollback_goes_to_the_version_served_before_not_number_minus_one(nginx_l
     done = lab.cli(*again)
     assert done.code == EXIT_OK, done.out + done.err
     assert "rolled back a on web to v2 (held)" in done.out
-    assert _serves(lab, "a", fp2)
+    assert lab.wait_served("a", fp2)
     assert lab.deployed("a") == (fp2, 2)
     assert _deploys(lab, "a")[-1] == ("rollback", 2, 1)
     assert lab.reloads() == reloads + 1
@@ -169,29 +152,29 @@ def test_rollback_goes_to_the_version_served_before_not_number_minus_one(nginx_l
 def test_release_then_apply_serves_git_again(nginx_lab) -> None:
     lab: NginxLab = nginx_lab(("a",))
     _apply(lab)
-    fp1 = _fingerprint(lab, "a", 1)
+    fp1 = lab.fingerprint("a", 1)
     lab.commit({"certs/a.yaml": certificate_yaml("a", dns=["a.example.test", "x.example.test"])},
                "a: extra SAN")
     _apply(lab)
-    fp2 = _fingerprint(lab, "a", 2)
-    assert _serves(lab, "a", fp2)
+    fp2 = lab.fingerprint("a", 2)
+    assert lab.wait_served("a", fp2)
 
     r = lab.cli("rollback", "web", "--reason", "incident 7")
     assert r.code == EXIT_OK, r.out + r.err
-    assert _serves(lab, "a", fp1)
+    assert lab.wait_served("a", fp1)
     row = lab.status()[("a", "web")]
     assert row["drift"] == "held", row
     assert "incident 7" in row["reason"]
     held = _apply(lab)  # a hold is left alone by reconciliation
     assert "held" in held and "a -> web" in held
     assert "Every binding is in sync" not in held and "every binding is in sync" not in held
-    assert _serves(lab, "a", fp1) and lab.deployed("a") == (fp1, 1)
+    assert lab.wait_served("a", fp1) and lab.deployed("a") == (fp1, 1)
 
     rel = lab.cli("release", "web", "--reason", "incident over")
     assert rel.code == EXIT_OK, rel.out + rel.err
     assert "released 1 hold on web" in rel.out
     _apply(lab)
-    assert _serves(lab, "a", fp2)
+    assert lab.wait_served("a", fp2)
     assert lab.deployed("a") == (fp2, 2)
     assert lab.versions("a") == 2  # Git's version redeployed, nothing issued
     assert lab.status()[("a", "web")]["drift"] == "in-sync"
@@ -203,14 +186,14 @@ def test_release_cancels_a_failed_rollbacks_retry(nginx_lab) -> None:
     lab.commit({"certs/a.yaml": certificate_yaml("a", dns=["a.example.test", "x.example.test"])},
                "a: extra SAN")
     _apply(lab)
-    fp2 = _fingerprint(lab, "a", 2)
-    assert _serves(lab, "a", fp2)
+    fp2 = lab.fingerprint("a", 2)
+    assert lab.wait_served("a", fp2)
 
     lab.server.write_config(extra="bogus_directive on;")  # nginx -t now fails
     r = lab.cli("rollback", "web", "--reason", "incident 8")
     assert r.code == EXIT_ERROR, r.out + r.err
     assert "FAILED" in r.err and "certgit release web" in r.err
-    assert _serves(lab, "a", fp2)  # the failed validate restored the files; no reload
+    assert lab.wait_served("a", fp2)  # the failed validate restored the files; no reload
     assert lab.deployed("a") == (fp2, 2)
     assert lab.status()[("a", "web")]["drift"] == "held"  # the hold stays
     queued = lab.query(
@@ -229,7 +212,7 @@ def test_release_cancels_a_failed_rollbacks_retry(nginx_lab) -> None:
     assert "nothing to retry on web" in again.out
     out = _apply(lab)
     assert re.search(r"^  ~ \w+ web: a v2\b", out, re.M), out
-    assert _serves(lab, "a", fp2)
+    assert lab.wait_served("a", fp2)
     assert lab.deployed("a") == (fp2, 2)
     assert all(kind != "rollback" for kind, _v, _r in _deploys(lab, "a"))
     assert lab.status()[("a", "web")]["drift"] == "in-sync"
@@ -238,14 +221,14 @@ def test_release_cancels_a_failed_rollbacks_retry(nginx_lab) -> None:
 def test_rollback_without_an_earlier_version_says_so(nginx_lab) -> None:
     lab: NginxLab = nginx_lab(("a",))
     _apply(lab)
-    fp1 = _fingerprint(lab, "a", 1)
-    assert _serves(lab, "a", fp1)
+    fp1 = lab.fingerprint("a", 1)
+    assert lab.wait_served("a", fp1)
     reloads = lab.reloads()
     r = lab.cli("rollback", "web", "--reason", "just in case")
     assert r.code == EXIT_ERROR, r.out + r.err
     assert "no earlier version" in r.err, r.err
     assert "certgit history web" in r.err
-    assert _serves(lab, "a", fp1) and lab.deployed("a") == (fp1, 1)
+    assert lab.wait_served("a", fp1) and lab.deployed("a") == (fp1, 1)
     assert lab.reloads() == reloads
     assert lab.status()[("a", "web")]["drift"] == "in-sync"  # no hold was placed
     assert _deploys(lab, "a") == [("deploy", 1, None)]
@@ -289,7 +272,7 @@ def test_whole_target_rollback_moves_what_can_move_and_names_what_it_left(nginx_
     and the output says so; nothing fails because b has no earlier version."""
     lab: NginxLab = nginx_lab(("a", "b"))
     _apply(lab)
-    v1 = _fingerprint(lab, "a", 1)
+    v1 = lab.fingerprint("a", 1)
     lab.commit({"certs/a.yaml": certificate_yaml("a", dns=["a.example.test", "a2.example.test"])},
                "a: new SAN")
     _apply(lab)
@@ -298,7 +281,7 @@ def test_whole_target_rollback_moves_what_can_move_and_names_what_it_left(nginx_
     assert r.code == EXIT_OK, r.out + r.err
     assert "rolled back a on web to v1 (held)" in r.out
     assert "left alone: b on web: no earlier version was served there" in r.out
-    assert _serves(lab, "a", v1)
-    assert lab.deployed("b")[0] == b_fp and _serves(lab, "b", b_fp)
+    assert lab.wait_served("a", v1)
+    assert lab.deployed("b")[0] == b_fp and lab.wait_served("b", b_fp)
     assert lab.cli("rollback", "web", "--to", "v1", "--certificate", "a",
                    "--reason", "again").code == EXIT_OK  # `v1` is how history prints it
