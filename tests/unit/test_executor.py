@@ -70,12 +70,14 @@ class FakeConnector:
             self.calls.append(change)
         if self.db is not None:
             # Would block (and fail at once) if the executor held a write transaction.
-            probe = sqlite3.connect(self.db, timeout=0)
-            try:
-                probe.execute("BEGIN IMMEDIATE")
-                probe.execute("ROLLBACK")
-            finally:
-                probe.close()
+            # One probe at a time: two targets' probes must not collide with each other.
+            with self.lock:
+                probe = sqlite3.connect(self.db, timeout=0)
+                try:
+                    probe.execute("BEGIN IMMEDIATE")
+                    probe.execute("ROLLBACK")
+                finally:
+                    probe.close()
         error = self.fail.get(change.target.name)
         if error is not None:
             raise error
