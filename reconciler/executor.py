@@ -148,6 +148,7 @@ class Executor:
         connector_loader: Callable[[str], Any] | None = None,
         sandbox_factory: Callable[[Any, TargetSpec], Any] | None = None,
         recover: Callable[[Any, Path], list[str]] | None = None,
+        on_event: Callable[[Any], None] | None = None,
     ) -> None:
         self.store = store
         self.state_dir = Path(state_dir)
@@ -161,6 +162,8 @@ class Executor:
         self._load = connector_loader or default_loader
         self._sandbox = sandbox_factory or default_sandbox
         self._recover = recover or default_recover
+        # commands.Event listener; called from target threads too (see commands.py)
+        self._on_event = on_event
 
     # ------------------------------------------------------------------ run
 
@@ -183,7 +186,11 @@ class Executor:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="certgit-target") as p:
                 calls = list(p.map(self._call, jobs))
         for job, call in zip(jobs, calls, strict=True):
-            results.append(self._record(job, call, groups[job.spec.name]))
+            result = self._record(job, call, groups[job.spec.name])
+            results.append(result)
+            self._event("target.finished", result.target, status=result.status,
+                        error=result.error, failed=dict(result.failed),
+                        certificates=dict(result.certificates))
         return RunReport(
             claimed=len(messages),
             issued=tuple(issued),
@@ -210,6 +217,8 @@ class Executor:
             outcome_version = outcome.version
             if outcome_version is not None:
                 issued.append(outcome)
+                self._event("issued", m.certificate, version=outcome_version.version,
+                            fingerprint=outcome_version.fingerprint)
                 self.store.audit(
                     self.actor,
                     f"certificate.{m.kind}d" if m.kind == "issue" else "certificate.renewed",
@@ -379,6 +388,7 @@ class Executor:
     def _call(self, job: TargetJob) -> TargetCall:
         """Run one target's ChangeSet under its lock. Never raises; never touches the store."""
         name = job.spec.name
+        self._event("target.started", name, certificates=[b.certificate for b in job.deployments])
         try:
             ensure_work_dir(job.spec.work_dir)
             with _target_lock(name, job.spec.work_dir):
@@ -401,6 +411,13 @@ class Executor:
                 return TargetCall(name, report, (), recovered, relocated=relocated)
         except Exception as exc:  # any failure is this target's alone
             return TargetCall(name, error=exc)
+
+    def _event(self, kind: str, subject: str, **detail: Any) -> None:
+        if self._on_event is None:
+            return
+        from certgit.reconciler.commands import Event, EventKind
+
+        self._on_event(Event(EventKind(kind), subject, detail))
 
     def _recover_target(self, sandbox: Any, spec: TargetSpec) -> list[str]:
         """Crash recovery with the sealed-backup key and the sandbox's grants (if it has them)."""

@@ -128,6 +128,25 @@ class Action:
     def sort_key(self) -> tuple[str, int, str]:
         return (self.certificate, _KIND_ORDER[self.kind], self.target or "")
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Action:
+        """The inverse of `to_dict` (saved plans, outbox payloads): the same id comes back."""
+        return cls(
+            kind=ActionKind(str(data["kind"])),
+            certificate=str(data["certificate"]),
+            target=data.get("target"),
+            drift=Drift(str(data.get("drift") or Drift.NONE)),
+            reason=str(data.get("reason") or ""),
+            spec_hash=data.get("spec_hash"),
+            fingerprint=data.get("fingerprint"),
+            version=data.get("version"),
+            gated_by=tuple(data.get("gated_by") or ()),
+            replaces=data.get("replaces"),
+            pinned=bool(data.get("pinned", False)),
+            config_hash=data.get("config_hash"),
+            changes=tuple(data.get("changes") or ()),
+        )
+
 
 @dataclass(frozen=True)
 class BindingStatus:

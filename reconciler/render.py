@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from certgit.reconciler.model import DRIFT_URGENCY, Drift
 
 if TYPE_CHECKING:
-    from certgit.reconciler.engine import ApplyOutcome
+    from certgit.reconciler.commands import ApplyOutcome
     from certgit.reconciler.planner import BindingStatus, Plan
 
 _SYMBOL = {"issue": "+", "renew": "~", "deploy": "~", "remove": "-", "rollback": "<"}

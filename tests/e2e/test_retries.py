@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from certgit.reconciler.commands import ApplyOutcome, apply
 from certgit.reconciler.config import resolve_settings
-from certgit.reconciler.engine import ApplyOutcome, Engine, apply
+from certgit.reconciler.engine import Engine
 from certgit.reconciler.executor import ExecutorConfig
 from certgit.reconciler.render import render_apply
 from certgit.reconciler.store.outbox import Backoff
