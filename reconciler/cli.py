@@ -1,20 +1,23 @@
 """`certgit` command line.
 
-Exit codes: 0 success (for `plan`: nothing to do; for `apply`: every binding in
-sync), 1 error (bad input, source unreachable, audit chain broken, an action
-failed), 2 `plan` found changes pending / `apply` left actions waiting for an
-approval or a retry.
+Exit codes (EXIT_CODES_HELP, shown by `--help`): 0 success (`plan` too, unless
+`--detailed-exitcode`), 1 error, 2 `plan --detailed-exitcode` found changes
+pending / `apply` or `rollback` left actions waiting for an approval or a retry,
+64 usage error, 130 interrupted, 141 stdout closed early.
+Output conventions (`--json`, rich on a TTY, errors, broken pipe): cli_output.py.
 Heavy modules (pygit2, the store) are imported only by the commands that use them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from certgit.reconciler.errors import CertgitError, ConfigErrors
 from certgit.reconciler.render import render_apply, render_plan, render_status
@@ -24,24 +27,88 @@ if TYPE_CHECKING:
     from certgit.reconciler.planner import Plan
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+EXIT_USAGE = 64  # BSD sysexits EX_USAGE: 2 already means "changes pending"
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success (plan: also with changes pending, unless --detailed-exitcode)
+  1    error: bad input, source unreachable, audit chain broken, an action failed
+  2    plan --detailed-exitcode: changes pending; apply/rollback: actions wait
+       for an approval or a retry
+  64   usage error (unknown command or flag, bad argument)
+  130  interrupted (Ctrl-C)
+  141  stdout was closed early (e.g. `certgit status --json | head -1`); quiet
+"""
 
 
-def _source_flags() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+class UsageError(Exception):
+    """A command line argparse rejects; main() reports it and exits EXIT_USAGE."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class CertgitArgumentParser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error, which means "changes pending" here: raise instead."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.format_usage())
+
+
+def _global_flags(suppress: bool) -> argparse.ArgumentParser:
+    """Flags every command takes, before or after the subcommand.
+
+    The top-level parser holds the real defaults; each subparser's copy uses
+    `argparse.SUPPRESS`, so a subcommand that was not given the flag never
+    overwrites the value given before it (`certgit --state-dir X audit verify`
+    and `certgit audit verify --state-dir X` both honour X).
+    """
+
+    def d(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    common = CertgitArgumentParser(add_help=False)
     g = common.add_argument_group("source and state (flags > CERTGIT_* env > certgit.toml)")
-    g.add_argument("--repo", help="Git repository: local path or file:// URL [CERTGIT_REPO]")
-    g.add_argument("--ref", help="branch, tag or commit (default: the remote's HEAD) [CERTGIT_REF]")
-    g.add_argument("--path", help="subdirectory holding the YAML [CERTGIT_PATH]")
-    g.add_argument("--state-dir", help="state directory [CERTGIT_STATE_DIR]")
-    g.add_argument("--config", help="certgit.toml to read [CERTGIT_CONFIG]")
+    g.add_argument("--repo", default=d(None),
+                   help="Git repository: local path or file:// URL [CERTGIT_REPO]")
+    g.add_argument("--ref", default=d(None),
+                   help="branch, tag or commit (default: the remote's HEAD) [CERTGIT_REF]")
+    g.add_argument("--path", default=d(None), help="subdirectory holding the YAML [CERTGIT_PATH]")
+    g.add_argument("--state-dir", default=d(None), help="state directory [CERTGIT_STATE_DIR]")
+    g.add_argument("--config", default=d(None), help="certgit.toml to read [CERTGIT_CONFIG]")
     g.add_argument(
         "--allow-history-rewrite",
         action="store_const",
         const=True,
-        default=None,
+        default=d(None),
         help="accept a new head that does not descend from the last applied commit",
     )
+    o = common.add_argument_group("output")
+    o.add_argument("--json", action="store_true", default=d(False),
+                   help="machine-readable output on stdout (errors too), with format_version")
+    o.add_argument("-v", "--verbose", action="count", default=d(0),
+                   help="more log output on stderr (-vv: debug)")
+    o.add_argument("-q", "--quiet", action="count", default=d(0),
+                   help="less log output on stderr (errors only)")
+    o.add_argument("--debug", action="store_true", default=d(False),
+                   help="show the Python traceback of an unexpected error")
     return common
+
+
+def _source_flags() -> argparse.ArgumentParser:
+    return _global_flags(suppress=True)
+
+
+COMPLETION_SHELLS = ("bash", "zsh", "fish")
+
+
+def _status_filters(p: argparse.ArgumentParser) -> None:
+    from certgit.reconciler.cli_status import add_status_flags
+
+    add_status_flags(p)
 
 
 def _version_number(text: str) -> int:
@@ -54,9 +121,14 @@ def _version_number(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _source_flags()
-    parser = argparse.ArgumentParser(
-        prog="certgit", description="Declarative GitOps reconciler for TLS certificates."
+    parser = CertgitArgumentParser(
+        prog="certgit",
+        description="Declarative GitOps reconciler for TLS certificates.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_global_flags(suppress=False)],
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -65,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="create the state directory, master key and store (apply does it on first use)",
     )
     p.add_argument("--as", dest="actor", help="identity recorded in the audit log")
+    p.add_argument(
+        "directory", nargs="?", metavar="DIR",
+        help="scaffold a starter desired-state repository in DIR instead (issuer, "
+             "certificate, files target, policy) that `certgit validate DIR` accepts",
+    )
 
     p = sub.add_parser(
         "validate",
@@ -87,7 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("plan", parents=[common, refresh], help="show what apply would change")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--detailed-exitcode", action="store_true",
+        help="exit 0 when nothing would change, 2 when changes are pending, 1 on error",
+    )
     p.add_argument("--as", dest="actor", help="identity recorded in the audit log")
 
     p = sub.add_parser(
@@ -136,7 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
         "history", parents=[common], help="versions, deployments and events of a target or cert"
     )
     p.add_argument("name", nargs="?", metavar="TARGET|CERTIFICATE")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser(
         "retry",
@@ -151,14 +230,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "status", parents=[common, refresh], help="every binding and its drift, most urgent first"
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _status_filters(p)
 
     p = sub.add_parser("audit", parents=[common], help="the hash-chained audit log")
     audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
     audit_sub.add_parser("verify", parents=[common], help="check the hash chain")
     show = audit_sub.add_parser("show", parents=[common], help="print audit entries")
-    show.add_argument("--json", action="store_true")
     show.add_argument("--limit", type=int, default=50, help="last N entries (0 = all)")
+
+    p = sub.add_parser("completion", parents=[common], help="print the shell completion script")
+    p.add_argument("shell", choices=COMPLETION_SHELLS, metavar="SHELL",
+                   help="one of: " + ", ".join(COMPLETION_SHELLS))
+    p = sub.add_parser(
+        "schema", parents=[common],
+        help="write one self-contained JSON Schema of every kind (for yaml-language-server)",
+    )
+    p.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
+    for name, choice in sub.choices.items():
+        if name == "audit":
+            for nested in audit_sub.choices.values():
+                nested.epilog = EXIT_CODES_HELP
+                nested.formatter_class = argparse.RawDescriptionHelpFormatter
+        choice.epilog = EXIT_CODES_HELP
+        choice.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
@@ -303,7 +397,7 @@ def _current_plan(
     With `record_as`, the plan is also persisted (and audited the first time);
     `approvals` is filled with the gated actions already approved for it.
     """
-    from certgit.reconciler.engine import approved_by
+    from certgit.reconciler.commands import approved_by
 
     engine = _engine(args, create=False)
     try:
@@ -344,7 +438,9 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write("\n")
     else:
         print(render_plan(plan, approvals), file=out)
-    return EXIT_OK if plan.empty else EXIT_CHANGES
+    if args.detailed_exitcode and not plan.empty:
+        return EXIT_CHANGES
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -383,7 +479,7 @@ def cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.limit:
             rows = rows[-args.limit :]
         if args.json:
-            json.dump(rows, out, indent=2, sort_keys=True, default=str)
+            json.dump({"entries": rows}, out, indent=2, sort_keys=True, default=str)
             out.write("\n")
         else:
             for r in rows:
@@ -397,7 +493,8 @@ def cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from certgit.reconciler.engine import apply, operator_identity
+    from certgit.reconciler.commands import apply
+    from certgit.reconciler.engine import operator_identity
     from certgit.reconciler.executor import ExecutorConfig
 
     engine = _engine(args)
@@ -427,7 +524,8 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_decide(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from certgit.reconciler.engine import decide, operator_identity
+    from certgit.reconciler.commands import decide
+    from certgit.reconciler.engine import operator_identity
 
     engine = _engine(args, create=False)  # acts on existing state: a typo creates nothing
     try:
@@ -447,7 +545,8 @@ def cmd_decide(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from certgit.reconciler.engine import operator_identity, rollback
+    from certgit.reconciler.commands import rollback
+    from certgit.reconciler.engine import operator_identity
 
     engine = _engine(args, create=False)  # acts on existing state: a typo creates nothing
     try:
@@ -495,7 +594,8 @@ def cmd_rollback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from certgit.reconciler.engine import operator_identity, retry
+    from certgit.reconciler.commands import retry
+    from certgit.reconciler.engine import operator_identity
 
     engine = _engine(args, create=False)  # acts on existing state: a typo creates nothing
     try:
@@ -515,7 +615,8 @@ def cmd_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_release(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from certgit.reconciler.engine import operator_identity, release
+    from certgit.reconciler.commands import release
+    from certgit.reconciler.engine import operator_identity
 
     engine = _engine(args, create=False)  # acts on existing state: a typo creates nothing
     try:
@@ -571,8 +672,29 @@ def cmd_history(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _cmd_init_any(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """`init` creates the state directory; `init DIR` scaffolds a desired-state repo."""
+    if args.directory:
+        from certgit.reconciler.scaffold import cmd_init_repo
+
+        return cmd_init_repo(args, out, err)
+    return cmd_init(args, out, err)
+
+
+def _cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from certgit.reconciler.cli_schema import cmd_schema
+
+    return cmd_schema(args, out, err)
+
+
+def _cmd_completion(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from certgit.reconciler.cli_schema import cmd_completion
+
+    return cmd_completion(args, out, err)
+
+
 COMMANDS = {
-    "init": cmd_init,
+    "init": _cmd_init_any,
     "validate": cmd_validate,
     "plan": cmd_plan,
     "apply": cmd_apply,
@@ -584,24 +706,49 @@ COMMANDS = {
     "history": cmd_history,
     "status": cmd_status,
     "audit": cmd_audit,
+    "schema": _cmd_schema,
+    "completion": _cmd_completion,
 }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("certgit")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _print_any_problems(exc: ConfigErrors, out: TextIO, err: TextIO) -> None:
+    _print_problems(exc, out, err, None)
 
 
 def main(
     argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
-    """Run one certgit command; returns the process exit code."""
+    """Run one certgit command; returns the process exit code (see EXIT_CODES_HELP)."""
+    from certgit.reconciler import cli_output
+
     out = out or sys.stdout
     err = err or sys.stderr
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell is asking for completions
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     try:
-        return COMMANDS[args.command](args, out, err)
-    except ConfigErrors as exc:
-        _print_problems(exc, out, err, None)
-        return EXIT_ERROR
-    except CertgitError as exc:
-        print(f"error: {exc}", file=err)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=err)
-        return 130
+        with contextlib.redirect_stdout(out):  # --help and --version print to `out`
+            args = parser.parse_args(argv)
+    except UsageError as exc:
+        if "--json" in argv:
+            cli_output.dump(cli_output.error_object(
+                "UsageError", str(exc), usage=exc.usage.strip(), exit_code=EXIT_USAGE), out)
+        err.write(exc.usage)
+        print(f"certgit: error: {exc}", file=err)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    cli_output.configure_logging(args.verbose - args.quiet, err)
+    return cli_output.run(COMMANDS[args.command], args, out, err, _print_any_problems)

@@ -33,8 +33,8 @@ certgit validate "$demo/repo"
 step "certgit init   (state directory, master key, store; read-only commands never create one)"
 certgit init
 
-step "certgit plan   (exit 2 = changes pending)"
-expect 2 certgit plan
+step "certgit plan --detailed-exitcode   (exit 2 = changes pending)"
+expect 2 certgit plan --detailed-exitcode
 
 step "certgit apply --dry-run   (preflight and grant checks; nothing written)"
 expect 2 certgit apply --dry-run
@@ -55,7 +55,7 @@ expect 0 certgit apply --as demo
 step "a commit adds a SAN to www: the second plan re-issues and redeploys"
 sed -i 's/^    - example.com$/    - example.com\n    - shop.example.com/' "$demo/repo/certificates/www.yaml"
 git_ commit -q -am "www: add shop.example.com"
-expect 2 certgit plan
+expect 2 certgit plan --detailed-exitcode
 expect 2 certgit apply --as demo
 certgit approve "$(plan_hash)" --reason "demo: new SAN for the shop" --as alice
 expect 0 certgit apply --as demo

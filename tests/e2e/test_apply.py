@@ -38,7 +38,7 @@ def _deployments(state: Path) -> dict[tuple[str, str], tuple[str | None, int | N
 
 def _audit_actions(cli) -> list[str]:
     r = cli("audit", "show", "--json", "--limit", "0")
-    return [row["action"] for row in json.loads(r.out)]
+    return [row["action"] for row in json.loads(r.out)["entries"]]
 
 
 def _plan_hash(cli, repo: str) -> str:
@@ -170,7 +170,7 @@ def test_rollback_deploys_the_old_version_and_holds_until_release(
     cli("apply", "--repo", str(path))
     assert _fp(staging / "legacy-app.crt") == v2
     assert _deployments(state)[("legacy-app", "staging-1")] == (v2, 2)
-    rows = json.loads(cli("audit", "show", "--json", "--limit", "0").out)
+    rows = json.loads(cli("audit", "show", "--json", "--limit", "0").out)["entries"]
     mine = [(r["actor"], r["action"], r["details"].get("reason")) for r in rows
             if r["actor"] == "oncall"]
     assert ("oncall", "rollback.requested", "old client breaks") in mine

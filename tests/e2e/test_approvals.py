@@ -76,7 +76,7 @@ def test_approval_for_hash_h_does_not_apply_a_changed_plan(cli, sample_git, tmp_
     assert _on(state, "web-1") == {"api", "www"} and _on(state, "web-2") == {
         "www", "staging-wildcard"
     }
-    rows = json.loads(cli("audit", "show", "--json", "--limit", "0").out)
+    rows = json.loads(cli("audit", "show", "--json", "--limit", "0").out)["entries"]
     approvals = [(r["actor"], r["subject"], r["details"]["reason"]) for r in rows
                  if r["action"] == "plan.approved"]
     assert approvals == [("alice", h, "looks right"), ("alice", h2, "with shop")]

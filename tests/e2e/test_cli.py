@@ -82,7 +82,7 @@ def test_validate_reports_four_problems_with_positions(cli, tmp_path: Path) -> N
 def test_plan_json_lists_issue_and_deploy_per_binding_and_hash_is_stable(cli, sample_git) -> None:
     _, path = sample_git
     assert cli("init").code == 0
-    first = cli("plan", "--json", "--repo", str(path))
+    first = cli("plan", "--detailed-exitcode", "--json", "--repo", str(path))
     assert first.code == 2, first.err
     plan = json.loads(first.out)
     issues = [a for a in plan["actions"] if a["kind"] == "issue"]
@@ -113,7 +113,7 @@ def test_plan_json_lists_issue_and_deploy_per_binding_and_hash_is_stable(cli, sa
         ("www", "web-1"),
         ("www", "web-2"),
     ]
-    second = cli("plan", "--json", "--repo", str(path))
+    second = cli("plan", "--detailed-exitcode", "--json", "--repo", str(path))
     assert second.code == 2
     assert json.loads(second.out)["hash"] == plan["hash"]
 
@@ -121,7 +121,7 @@ def test_plan_json_lists_issue_and_deploy_per_binding_and_hash_is_stable(cli, sa
 def test_plan_text_is_terraform_like(cli, sample_git) -> None:
     _, path = sample_git
     assert cli("init").code == 0
-    r = cli("plan", "--repo", str(path))
+    r = cli("plan", "--detailed-exitcode", "--repo", str(path))
     assert r.code == 2
     assert "+ issue    www" in r.out
     assert "+ deploy   www -> web-1" in r.out
@@ -140,7 +140,7 @@ def test_bad_commit_is_rejected_and_last_good_commit_named(cli, sample_git) -> N
     assert bad.out.startswith("certificates/www.yaml:2:1: YAML syntax error")
     assert f"last good commit {good_commit[:12]} stays in force" in bad.err
     # plan works on from the last good commit, with one warning on stderr (DESIGN §8).
-    kept = cli("plan", "--json", "--repo", str(path))
+    kept = cli("plan", "--detailed-exitcode", "--json", "--repo", str(path))
     assert kept.code == 2, kept.err
     data = json.loads(kept.out)
     assert data["commit"] == good_commit and data["hash"] == json.loads(good.out)["hash"]
@@ -176,12 +176,12 @@ def test_status_lists_every_binding(cli, sample_git) -> None:
 def test_audit_verify_detects_a_direct_edit(cli, sample_git, tmp_path: Path) -> None:
     repo, path = sample_git
     assert cli("init").code == 0  # audit entry 1: state.init
-    assert cli("plan", "--repo", str(path)).code == 2
+    assert cli("plan", "--detailed-exitcode", "--repo", str(path)).code == 2
     www = (SAMPLE / "certificates" / "www.yaml").read_bytes()
     commit_files(
         repo, {"certificates/www.yaml": www.replace(b"example.com\n", b"example.org\n", 1)}, "san"
     )
-    assert cli("plan", "--repo", str(path)).code == 2
+    assert cli("plan", "--detailed-exitcode", "--repo", str(path)).code == 2
     ok = cli("audit", "verify")
     assert ok.code == 0 and "3 entries verified" in ok.out, ok.out + ok.err
 
@@ -214,7 +214,7 @@ def test_history_rewrite_refused_unless_allowed(cli, sample_git, tmp_path: Path)
     refused = cli("plan", "--repo", str(path))
     assert refused.code == 1
     assert "allowHistoryRewrite" in refused.err or "allow-history-rewrite" in refused.err
-    allowed = cli("plan", "--repo", str(path), "--allow-history-rewrite")
+    allowed = cli("plan", "--detailed-exitcode", "--repo", str(path), "--allow-history-rewrite")
     assert allowed.code == 2, allowed.err
 
 

@@ -85,7 +85,7 @@ def test_invalid_head_leaves_the_last_good_commit_in_force(nginx_lab) -> None:
     # A file modified out of band is still repaired by apply (the last good desired state).
     (lab.certs / "b.crt").write_bytes((lab.certs / "a.crt").read_bytes())
     assert lab.status()[("b", "web")]["drift"] == "modified"
-    p = lab.cli("plan", "--json")
+    p = lab.cli("plan", "--detailed-exitcode", "--json")
     assert p.code == EXIT_CHANGES, p.out + p.err
     assert json.loads(p.out)["degraded"]["head"] == bad
     reloads = lab.reloads()
@@ -134,7 +134,7 @@ def test_approve_and_reject_work_from_the_last_good_commit(nginx_lab) -> None:
     bad = _bad_head(lab)
     (lab.certs / "b.crt").write_bytes((lab.certs / "a.crt").read_bytes())
 
-    p = lab.cli("plan", "--json")
+    p = lab.cli("plan", "--detailed-exitcode", "--json")
     assert p.code == EXIT_CHANGES, p.out + p.err
     repair = json.loads(p.out)
     assert repair["commit"] == good and repair["degraded"]["head"] == bad

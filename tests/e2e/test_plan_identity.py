@@ -50,7 +50,7 @@ def _converge(lab: NginxLab) -> str:
 
 
 def _plan_json(lab: NginxLab) -> dict:
-    r = lab.cli("plan", "--json", "--as", "tester")
+    r = lab.cli("plan", "--detailed-exitcode", "--json", "--as", "tester")
     assert r.code in (0, 2), r.out + r.err
     return json.loads(r.out)
 
@@ -67,7 +67,7 @@ def test_plan_hash_is_what_apply_waits_for_and_survives_failures(nginx_lab) -> N
     lab.commit({"policy.yaml": GATES}, "gate production")
     assert lab.cli("init", "--as", "tester").code == 0
 
-    plan = lab.cli("plan", "--as", "tester")
+    plan = lab.cli("plan", "--detailed-exitcode", "--as", "tester")
     assert plan.code == 2, plan.out + plan.err
     found = _HASH.search(plan.out)
     assert found, plan.out
@@ -163,7 +163,7 @@ def test_removal_deletes_the_files_an_overridden_binding_wrote(nginx_lab) -> Non
     placeholders = {p: p.read_bytes() for p in (lab.certs / "b.crt", lab.certs / "b.key")}
 
     lab.commit({"certs/b.yaml": None}, "b: gone")
-    plan = lab.cli("plan")
+    plan = lab.cli("plan", "--detailed-exitcode")
     assert plan.code == 2 and "- remove   b -> web" in plan.out, plan.out
     for path in written:
         assert f"- {path}" in plan.out
@@ -198,7 +198,7 @@ def test_foreign_file_is_refused_without_adopt_and_sealed_when_adopted(nginx_lab
     _converge(lab)
     fp, _ = lab.deployed("a")
     assert lab.wait_served("a", fp) and fp != served
-    audit = json.loads(lab.cli("audit", "show", "--json", "--limit", "0").out)
+    audit = json.loads(lab.cli("audit", "show", "--json", "--limit", "0").out)["entries"]
     adopted = [row["details"]["adopted"] for row in audit if row["action"] == "deploy.completed"]
     assert sorted(adopted[-1]) == sorted(str(p) for p in foreign), adopted
     backups = lab.state / "work" / "web" / "backups"
@@ -301,7 +301,7 @@ def test_changing_the_directory_redeploys_there_and_removes_the_old_files(nginx_
     lab.certs = new
     lab.commit({"target.yaml": lab.target_yaml()}, "web: new directory")
 
-    plan = lab.cli("plan")
+    plan = lab.cli("plan", "--detailed-exitcode")
     assert plan.code == 2, plan.out + plan.err
     assert plan.out.count(f"~ directory: {old} → {new}") == 2, plan.out
     assert "a -> web" in plan.out and "b -> web" in plan.out

@@ -24,7 +24,7 @@ def test_out_of_band_change_is_modified_then_repaired_without_issuing(nginx_lab)
     status = lab.status()
     assert status[("b", "web")]["drift"] == "modified"
     assert {status[(n, "web")]["drift"] for n in ("a", "c")} == {"in-sync"}
-    plan = lab.cli("plan")
+    plan = lab.cli("plan", "--detailed-exitcode")
     assert plan.code == 2 and "b -> web" in plan.out and "modified" in plan.out
     assert "a -> web" not in plan.out
     reloads = lab.reloads()

@@ -90,7 +90,7 @@ def test_failed_deploy_is_retried_with_the_same_version_and_the_same_approval(ng
         "policy.yaml": POLICY,
         "certs/a.yaml": certificate_yaml("a", extra="  key: {algorithm: ECDSA, size: 384}\n"),
     }, "gate prod; a on P-384")
-    plan = lab.cli("plan")
+    plan = lab.cli("plan", "--detailed-exitcode")
     assert plan.code == 2, plan.out + plan.err
     assert "needs approval" in plan.out
     plan_hash = re.search(r"Plan hash: ([0-9a-f]+)", plan.out).group(1)  # type: ignore[union-attr]
@@ -184,7 +184,7 @@ def test_verify_failing_five_times_is_abandoned_until_retry(nginx_lab, quick_ver
     assert "VerifyMismatch" in row["reason"] and "zzz.example.test" in row["reason"]
     assert "certgit retry web" in row["reason"]
     assert lab.status()[("a", "web")]["drift"] == "in-sync"
-    plan = lab.cli("plan")
+    plan = lab.cli("plan", "--detailed-exitcode")
     assert "abandoned" in plan.out, plan.out
 
     # Later applies leave it alone: no reload, no validate, still abandoned.
@@ -207,8 +207,8 @@ def test_verify_failing_five_times_is_abandoned_until_retry(nginx_lab, quick_ver
     [target] = outcome.run.targets
     assert target.status == "retrying", target  # attempt 1 of a new budget
     assert _outbox(lab, "b")[-1] == ("RETRY_WAIT", 1)
-    retried = [e for e in json.loads(lab.cli("audit", "show", "--json", "--limit", "0").out)
-               if e["action"] == "action.retried"]
+    entries = json.loads(lab.cli("audit", "show", "--json", "--limit", "0").out)["entries"]
+    retried = [e for e in entries if e["action"] == "action.retried"]
     assert [(e["actor"], e["subject"]) for e in retried] == [("bob", "web")]
 
 
@@ -267,7 +267,7 @@ def test_server_output_about_private_keys_fails_only_its_target(
     show = cli("audit", "show", *flags, "--json", "--limit", "0")
     assert show.code == 0, show.err
     assert PEM_BEGIN not in show.out
-    entries = json.loads(show.out)
+    entries = json.loads(show.out)["entries"]
     failed = [e for e in entries if e["action"] == "deploy.failed"]
     assert [e["subject"] for e in failed] == ["bad"]
     assert "No Private Key found in '/x'" in failed[0]["details"]["error"]

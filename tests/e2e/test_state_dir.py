@@ -86,12 +86,12 @@ def test_init_then_status_plan_audit(cli, sample_git, tmp_path: Path) -> None:
     status = cli("status", "--json", "--repo", str(path))
     assert status.code == 0, status.err
     assert {row["drift"] for row in json.loads(status.out)["bindings"]} == {"missing"}
-    assert cli("plan", "--repo", str(path)).code == 2
-    rows = json.loads(cli("audit", "show", "--json").out)
+    assert cli("plan", "--detailed-exitcode", "--repo", str(path)).code == 2
+    rows = json.loads(cli("audit", "show", "--json").out)["entries"]
     assert rows[0]["action"] == "state.init" and rows[0]["actor"] == "alice"
     again = cli("init")
     assert again.code == 0 and "already exists" in again.out and "nothing changed" in again.out
-    assert [r["action"] for r in json.loads(cli("audit", "show", "--json").out)].count(
+    assert [r["action"] for r in json.loads(cli("audit", "show", "--json").out)["entries"]].count(
         "state.init"
     ) == 1
 
