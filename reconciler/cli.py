@@ -681,6 +681,13 @@ def _cmd_init_any(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return cmd_init(args, out, err)
 
 
+def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Filters, days left, SANs, key type, files: cli_status.py."""
+    from certgit.reconciler.cli_status import cmd_status as status
+
+    return status(args, out, err)
+
+
 def _cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from certgit.reconciler.cli_schema import cmd_schema
 
@@ -704,7 +711,7 @@ COMMANDS = {
     "release": cmd_release,
     "retry": cmd_retry,
     "history": cmd_history,
-    "status": cmd_status,
+    "status": _cmd_status,
     "audit": cmd_audit,
     "schema": _cmd_schema,
     "completion": _cmd_completion,

@@ -4,8 +4,17 @@ extra columns (days left, SANs, key type; file paths per binding with --wide).""
 from __future__ import annotations
 
 import argparse
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TextIO
 
 from certgit.reconciler.model import Drift
+
+if TYPE_CHECKING:
+    from certgit.reconciler.model import Certificate, DesiredState, RecordedState
+    from certgit.reconciler.planner import BindingStatus, Plan
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -27,3 +36,148 @@ def add_status_flags(p: argparse.ArgumentParser) -> None:
                    help="only bindings whose certificate or target carries this label")
     p.add_argument("--wide", action="store_true",
                    help="also show the files each binding's last deploy wrote")
+
+
+DRIFT_STYLE = {
+    "expired": "bold red", "failing": "red", "abandoned": "red", "modified": "yellow",
+    "missing": "yellow", "unknown": "magenta", "expiring": "yellow", "outdated": "cyan",
+    "held": "blue", "orphaned": "dim", "in-sync": "green",
+}
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One binding as `certgit status` shows it: the planner's BindingStatus plus what
+    the desired Certificate says (SANs, key type, labels) and the recorded files."""
+
+    binding: BindingStatus
+    days_left: int | None
+    sans: tuple[str, ...]
+    key: str
+    files: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.binding.to_dict(), "days_left": self.days_left, "sans": list(self.sans),
+                "key": self.key, "files": list(self.files)}
+
+
+def key_label(cert: Certificate | None) -> str:
+    if cert is None:
+        return "-"
+    algorithm = str(cert.key.algorithm)
+    if cert.key.size is None:
+        return algorithm
+    if algorithm.upper() == "ECDSA":
+        return f"ECDSA P-{cert.key.size}"
+    return f"{algorithm} {cert.key.size}"
+
+
+def _matches(args: Any, b: BindingStatus, desired: DesiredState) -> bool:
+    if args.target and b.target not in args.target:
+        return False
+    if args.certificate and b.certificate not in args.certificate:
+        return False
+    if args.drift and str(b.drift) not in args.drift:
+        return False
+    cert = desired.certificates.get(b.certificate)
+    target = desired.targets.get(b.target)
+    labels = [dict(cert.labels) if cert else {}, dict(target.labels) if target else {}]
+    return all(any(ls.get(k) == v for ls in labels) for k, v in args.label or ())
+
+
+def status_rows(
+    args: Any, plan: Plan, desired: DesiredState, recorded: RecordedState | None, now: datetime
+) -> list[StatusRow]:
+    from certgit.reconciler.render import status_rows as by_urgency
+
+    rows = []
+    for b in by_urgency(plan.bindings):
+        if not _matches(args, b, desired):
+            continue
+        cert = desired.certificates.get(b.certificate)
+        days = None if b.not_after is None else math.floor(
+            (b.not_after - now).total_seconds() / 86400)
+        sans = (*cert.dns_names, *cert.ip_addresses) if cert else ()
+        deployment = recorded.deployments.get((b.certificate, b.target)) if recorded else None
+        files = tuple(f[0] for f in deployment.files) if deployment else ()
+        rows.append(StatusRow(b, days, sans, key_label(cert), files))
+    return rows
+
+
+def _cells(row: StatusRow, wide: bool) -> list[str]:
+    from certgit.reconciler.render import one_line, when
+
+    b = row.binding
+    cells = [
+        b.certificate, b.target,
+        f"v{b.deployed_version}" if b.deployed_version else "-",
+        (b.deployed_fingerprint or "-")[:16],
+        when(b.not_after),
+        "-" if row.days_left is None else str(row.days_left),
+        row.key,
+        ",".join(row.sans) or "-",
+        str(b.drift),
+        one_line(b.reason, 160),
+    ]
+    if wide:
+        cells.append(",".join(row.files) or "-")
+    return cells
+
+
+HEADERS = ["CERTIFICATE", "TARGET", "VERSION", "FINGERPRINT", "NOT AFTER", "DAYS LEFT", "KEY",
+           "SANS", "DRIFT", "REASON"]
+
+
+def render_status_text(rows: list[StatusRow], wide: bool) -> str:
+    from certgit.reconciler.render import table
+
+    headers = [*HEADERS, "FILES"] if wide else HEADERS
+    return table(headers, [_cells(r, wide) for r in rows])
+
+
+def print_status_rich(rows: list[StatusRow], wide: bool, console: Any) -> None:
+    from rich.table import Table
+
+    t = Table(box=None, header_style="bold", pad_edge=False)
+    for h in [*HEADERS, "FILES"] if wide else HEADERS:
+        t.add_column(h, overflow="fold")
+    for row in rows:
+        cells = _cells(row, wide)
+        drift = cells[8]
+        cells[8] = f"[{DRIFT_STYLE.get(drift, '')}]{drift}[/]" if DRIFT_STYLE.get(drift) else drift
+        days = row.days_left
+        if days is not None and days < 14:
+            cells[5] = f"[{'bold red' if days < 0 else 'yellow'}]{days}[/]"
+        t.add_row(*cells)
+    console.print(t)
+
+
+def cmd_status(args: Any, out: TextIO, err: TextIO) -> int:
+    from certgit.reconciler.cli import _engine, _print_problems, _warn_degraded
+    from certgit.reconciler.errors import ConfigErrors
+
+    engine = _engine(args, create=False)
+    try:
+        try:
+            desired = engine.desired(fallback=True)
+            plan = engine.plan(desired, refresh=args.refresh == "true")
+        except ConfigErrors as exc:
+            # With --json, stdout is for JSON only.
+            _print_problems(exc, err if args.json else out, err, engine.last_good_commit())
+            return 1
+        degraded = engine.degraded.to_dict() if engine.degraded is not None else None
+        recorded = engine.store.recorded_state() if args.wide or args.json else None
+        rows = status_rows(args, plan, desired, recorded, engine.clock())
+    finally:
+        _warn_degraded(engine, err)
+        engine.close()
+    if args.json:
+        data = {"commit": plan.commit, "bindings": [r.to_dict() for r in rows],
+                "degraded": degraded}
+        json.dump(data, out, indent=2, sort_keys=True)
+        out.write("\n")
+    elif getattr(args, "console", None) is not None:
+        print_status_rich(rows, args.wide, args.console)
+    else:
+        print(render_status_text(rows, args.wide), file=out)
+    return 0

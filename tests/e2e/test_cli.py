@@ -168,6 +168,10 @@ def test_status_lists_every_binding(cli, sample_git) -> None:
         "FINGERPRINT",
         "NOT",
         "AFTER",
+        "DAYS",
+        "LEFT",
+        "KEY",
+        "SANS",
         "DRIFT",
         "REASON",
     ]
