@@ -8,6 +8,7 @@
     │   ├── AuditChainBroken   an audit row was edited or deleted
     │   ├── StateMissing       no store in the state directory, and this command may not make one
     │   ├── StateIncomplete    a master key or CA without its state.db: never started afresh
+    │   ├── StoreLocked        another process holds the write lock (temporary)
     │   └── UnsafeStateDir     state directory (or work/) writable by others or not ours
     ├── IssuanceError          the issuer could not produce a certificate
     ├── DeployError            see certgit.connectors.errors: PreflightFailed,
@@ -51,6 +52,7 @@ __all__ = [
     "StateIncomplete",
     "StateMissing",
     "StoreError",
+    "StoreLocked",
     "TransportError",
     "UnsafeStateDir",
     "ValidateFailed",
@@ -146,6 +148,12 @@ class StateIncomplete(StoreError):
 
 class UnsafeStateDir(StoreError):
     """The state directory or its work/ is writable by group/other or owned by another user."""
+
+
+class StoreLocked(StoreError):
+    """SQLite said "database is locked": another certgit process is writing. Retry later."""
+
+    temporary = True
 
 
 class IssuanceError(CertgitError):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import hashlib
 import os
 import secrets
@@ -28,6 +27,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from certgit.reconciler.errors import StoreError
+from certgit.reconciler.statedir import StateDir, make_private_dir, publish_private_file
 
 __all__ = [
     "ENV_KEY",
@@ -41,7 +41,7 @@ __all__ = [
 
 ENV_KEY_FILE = "CERTGIT_MASTER_KEY_FILE"
 ENV_KEY = "CERTGIT_MASTER_KEY"
-KEY_FILE_NAME = "master.key"
+KEY_FILE_NAME = StateDir.KEY_FILE_NAME
 KEY_SIZE = 32
 _FORMAT_VERSION = 1
 _NONCE_SIZE = 12
@@ -105,52 +105,20 @@ def _read_key_file(path: Path) -> bytes:
 def _generate_key_file(path: Path) -> bytes:
     """Create ``path`` with a fresh key, or read it if another process won the race.
 
-    The key is written to a private temp file and published with link(2), which
-    fails if ``path`` exists: a concurrent reader never sees a half-written key.
+    The key is published with `publish_private_file` (temp file, fsync, link(2)
+    which fails if ``path`` exists): a concurrent reader never sees a half-written key.
     """
     key = secrets.token_bytes(KEY_SIZE)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        publish_private_file(path, key, 0o600)
+    except FileExistsError:
+        return _read_key_file(path)
     except OSError as exc:
         raise StoreError(
             f"cannot create master key {path} ({exc.strerror}): check the state directory "
             f"is writable, or set {ENV_KEY_FILE} / {ENV_KEY}"
         ) from None
-    try:
-        try:
-            # The umask may have narrowed the mode; force exactly 0600.
-            os.fchmod(fd, 0o600)
-            view = memoryview(key)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return _read_key_file(path)
-    except OSError as exc:
-        raise StoreError(f"cannot write master key {path} ({exc.strerror})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
     return key
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError as exc:  # some filesystems refuse fsync on a directory
-        if exc.errno not in (errno.EINVAL, errno.EBADF):
-            raise
-    finally:
-        os.close(dfd)
 
 
 def load_master_key(state_dir: Path, env: Mapping[str, str] = os.environ) -> bytes:
@@ -171,10 +139,10 @@ def load_master_key(state_dir: Path, env: Mapping[str, str] = os.environ) -> byt
                 "32 random bytes (e.g. `head -c 32 /dev/urandom | base64`)"
             )
         return key
-    path = Path(state_dir) / KEY_FILE_NAME
+    path = StateDir(state_dir).master_key
     if path.exists():
         return _read_key_file(path)
-    Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dir(Path(state_dir), parents=True)
     return _generate_key_file(path)
 
 

@@ -1,7 +1,18 @@
-"""Hash chaining of the audit log (the table and its triggers live in the migrations).
+"""The audit log: hash-chained, append-only (the table and its triggers live in the migrations).
 
-    hash(n) = sha256_hex(prev_hash(n) + canonical_json([seq, at, actor, action, subject, details]))
+    hash(n) = sha256_hex(prev_hash(n) + canonical_json(fields(n)))
+    fields(n) = [seq, at, actor, action, subject, details]                 no subject column set
+              | [seq, at, actor, action, subject, details, columns]       otherwise
+    columns   = {certificate, target, plan_hash, action_id, version}      the non-NULL ones
     prev_hash(1) = GENESIS_HASH, prev_hash(n) = hash(n - 1)
+
+The subject columns (migration 0003) name what a row is about so a query can
+join approval → plan → action → deploy by id: `plan_hash` and `action_id`
+of the plan and action concerned, `certificate`, `target` and `version` of
+the binding. They are inside the chained hash: a row with none of them set
+hashes exactly as rows written before 0003 did (so old rows still verify
+and need no rewrite), and setting, changing or clearing any of them on any
+row afterwards breaks the chain at that row.
 
 The head (last seq and hash) is kept in ``audit_head`` and advanced in the same
 transaction as the insert, so deleting the newest row is detected too. Triggers
@@ -21,15 +32,21 @@ import json
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from certgit.reconciler.errors import AuditChainBroken
 from certgit.reconciler.model import canonical_json, sha256_hex
+from certgit.reconciler.store.connection import Database, db_timestamp, parse_time
 
 __all__ = [
     "GENESIS_HASH",
     "AuditEntry",
+    "AuditEvent",
+    "AuditLog",
+    "Subject",
     "append",
     "chain_hash",
     "details_json",
@@ -51,6 +68,44 @@ _PEM_BLOCK = re.compile(
 _KEY_HEADER = re.compile(r"-----BEGIN.*?PRIVATE KEY-----", re.DOTALL | re.IGNORECASE)
 
 
+class AuditEvent(StrEnum):
+    """The `action` of an audit row: what happened, as `<object>.<past tense>`."""
+
+    STATE_INIT = "state.init"
+    PLAN_RECORDED = "plan.recorded"
+    PLAN_APPROVED = "plan.approved"
+    PLAN_REJECTED = "plan.rejected"
+    CERTIFICATE_ISSUED = "certificate.issued"
+    CERTIFICATE_RENEWED = "certificate.renewed"
+    CERTIFICATE_ISSUE_FAILED = "certificate.issue_failed"
+    DEPLOY_COMPLETED = "deploy.completed"
+    DEPLOY_FAILED = "deploy.failed"
+    DEPLOY_RECORD_FAILED = "deploy.record_failed"
+    ROLLBACK_REQUESTED = "rollback.requested"
+    ROLLBACK_WAITING = "rollback.waiting"
+    ROLLBACK_DEPLOYED = "rollback.deployed"
+    HOLD_RELEASED = "hold.released"
+    ACTION_RETRIED = "action.retried"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The subject columns of one audit row; None where the row is not about one."""
+
+    certificate: str | None = None
+    target: str | None = None
+    plan_hash: str | None = None
+    action_id: str | None = None
+    version: int | None = None
+
+    def chained(self) -> dict[str, Any]:
+        """The columns that go into the chained hash: the non-NULL ones."""
+        return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+
+SUBJECT_COLUMNS = tuple(f.name for f in fields(Subject))
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     """One stored audit row, as text exactly as it sits in the table."""
@@ -63,6 +118,15 @@ class AuditEntry:
     details_json: str
     prev_hash: str
     hash: str
+    certificate: str | None = None
+    target: str | None = None
+    plan_hash: str | None = None
+    action_id: str | None = None
+    version: int | None = None
+
+    @property
+    def columns(self) -> Subject:
+        return Subject(self.certificate, self.target, self.plan_hash, self.action_id, self.version)
 
 
 def _redact_text(text: str) -> str:
@@ -103,10 +167,21 @@ def details_json(details: Mapping[str, Any]) -> str:
 
 
 def chain_hash(
-    prev_hash: str, seq: int, at: str, actor: str, action: str, subject: str, details: Any
+    prev_hash: str,
+    seq: int,
+    at: str,
+    actor: str,
+    action: str,
+    subject: str,
+    details: Any,
+    columns: Subject | None = None,
 ) -> str:
-    """The hash of one row, given the previous row's hash and the parsed details."""
-    return sha256_hex(prev_hash + canonical_json([seq, at, actor, action, subject, details]))
+    """The hash of one row, given the previous row's hash, the parsed details and columns."""
+    chained = {} if columns is None else columns.chained()
+    fields_: list[Any] = [seq, at, actor, action, subject, details]
+    if chained:
+        fields_.append(chained)
+    return sha256_hex(prev_hash + canonical_json(fields_))
 
 
 def _entry_hash(entry: AuditEntry) -> str | None:
@@ -115,7 +190,8 @@ def _entry_hash(entry: AuditEntry) -> str | None:
     except (TypeError, ValueError):
         return None
     return chain_hash(
-        entry.prev_hash, entry.seq, entry.at, entry.actor, entry.action, entry.subject, details
+        entry.prev_hash, entry.seq, entry.at, entry.actor, entry.action, entry.subject, details,
+        entry.columns,
     )
 
 
@@ -164,7 +240,9 @@ def verify_chain(entries: Iterable[AuditEntry], head_seq: int, head_hash: str) -
 # ----------------------------------------------------------------- on a connection
 
 _SELECT = (
-    "SELECT seq, at, actor, action, subject, details_json, prev_hash, hash FROM audit_log"
+    "SELECT seq, at, actor, action, subject, details_json, prev_hash, hash, "
+    + ", ".join(SUBJECT_COLUMNS)
+    + " FROM audit_log"
 )
 
 
@@ -185,29 +263,53 @@ def append(
     action: str,
     subject: str,
     details: Mapping[str, Any],
+    columns: Subject = Subject(),
 ) -> int:
     """Insert one row at the head and advance the head; the caller holds a write transaction."""
+    action = str(action)  # an AuditEvent is stored and hashed as its plain text
     text = details_json(details)
     head_seq, head_hash = _head(conn)
     seq = head_seq + 1
-    digest = chain_hash(head_hash, seq, at, actor, action, subject, json.loads(text))
+    digest = chain_hash(head_hash, seq, at, actor, action, subject, json.loads(text), columns)
     conn.execute(
-        "INSERT INTO audit_log (seq, at, actor, action, subject, details_json, prev_hash, hash)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (seq, at, actor, action, subject, text, head_hash, digest),
+        "INSERT INTO audit_log (seq, at, actor, action, subject, details_json, prev_hash, hash, "
+        + ", ".join(SUBJECT_COLUMNS)
+        + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (seq, at, actor, action, subject, text, head_hash, digest,
+         *(getattr(columns, c) for c in SUBJECT_COLUMNS)),
     )
     conn.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, digest))
     return seq
 
 
 def read_entries(
-    conn: sqlite3.Connection, *, since_seq: int = 0, limit: int | None = None
+    conn: sqlite3.Connection,
+    *,
+    since_seq: int = 0,
+    limit: int | None = None,
+    where: Mapping[str, Any] | None = None,
 ) -> Iterator[AuditEntry]:
-    """Rows with seq > since_seq in seq order, streamed."""
-    cursor = conn.execute(
-        _SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?",
-        (since_seq, -1 if limit is None else limit),
-    )
+    """Rows with seq > since_seq in seq order, streamed; `where` filters on subject columns.
+
+    A `plan_hash` or `action_id` filter also matches rows about several plans or
+    actions (a target's deploy row), which list them in details "plans" / "actions".
+    """
+    sql = _SELECT + " WHERE seq > ?"
+    params: list[Any] = [since_seq]
+    for column, value in (where or {}).items():
+        if column not in SUBJECT_COLUMNS:
+            raise ValueError(f"audit rows cannot be filtered on {column!r}")
+        listed = {"plan_hash": "$.plans", "action_id": "$.actions"}.get(column)
+        if listed is None:
+            sql += f" AND {column} = ?"
+            params.append(value)
+        else:
+            sql += (
+                f" AND ({column} = ? OR EXISTS (SELECT 1 FROM json_each(details_json, ?) "
+                "WHERE json_each.value = ?))"
+            )
+            params.extend((value, listed, value))
+    cursor = conn.execute(sql + " ORDER BY seq LIMIT ?", (*params, -1 if limit is None else limit))
     return (AuditEntry(*row) for row in cursor)
 
 
@@ -215,3 +317,42 @@ def verify(conn: sqlite3.Connection) -> int:
     """Verify the stored chain against its head; run inside one read transaction."""
     head_seq, head_hash = _head(conn)
     return verify_chain(read_entries(conn), head_seq, head_hash)
+
+
+class AuditLog:
+    """The audit_log and audit_head tables of one store."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def append(
+        self,
+        actor: str,
+        action: str,
+        subject: str,
+        details: Mapping[str, Any],
+        at: datetime,
+        columns: Subject = Subject(),
+    ) -> int:
+        """Append one row in its own write transaction; return its seq."""
+        with self._db.transaction() as conn:
+            return append(conn, db_timestamp(at), actor, action, subject, details, columns)
+
+    def rows(
+        self,
+        *,
+        since_seq: int = 0,
+        limit: int | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows with seq > since_seq, oldest first (details parsed, at as datetime)."""
+        entries = read_entries(self._db.conn, since_seq=since_seq, limit=limit, where=where)
+        return [
+            {**vars(e), "at": parse_time(e.at), "details": json.loads(e.details_json)}
+            for e in entries
+        ]
+
+    def verify(self) -> int:
+        """Verify the whole chain and head; return rows verified or raise `AuditChainBroken`."""
+        with self._db.transaction(write=False) as conn:
+            return verify(conn)

@@ -93,7 +93,9 @@ def test_update_blocked_by_trigger(store: Store) -> None:
 def test_insert_that_skips_the_head_blocked(store: Store) -> None:
     with pytest.raises(sqlite3.IntegrityError, match="chain head"):
         store.connection.execute(
-            "INSERT INTO audit_log VALUES (9, 'x', 'x', 'x', 'x', '{}', ?, 'x')", (GENESIS_HASH,)
+            "INSERT INTO audit_log (seq, at, actor, action, subject, details_json, prev_hash, "
+            "hash) VALUES (9, 'x', 'x', 'x', 'x', '{}', ?, 'x')",
+            (GENESIS_HASH,),
         )
     with pytest.raises(sqlite3.IntegrityError, match="advance"):
         store.connection.execute("UPDATE audit_head SET seq = 4")
