@@ -35,6 +35,7 @@ from certgit.reconciler.model import (
 from certgit.reconciler.renewal import renew_before_for
 from certgit.reconciler.sealing import load_master_key
 from certgit.reconciler.secretref import resolve_secret
+from certgit.reconciler.statedir import StateDir
 from certgit.reconciler.store import Store
 from certgit.reconciler.yamlsafe import PositionIndex
 
@@ -99,7 +100,7 @@ class Issuance:
             )
         passphrase = ca_passphrase(load_master_key(self.state_dir, self.env))
         ca = LocalCA.load_or_create(
-            self.state_dir / "ca" / issuer_name,
+            StateDir(self.state_dir).ca(issuer_name),
             issuer=issuer,
             passphrase=passphrase,
             now=now,
@@ -171,7 +172,7 @@ def _ca_not_after(issuer: Issuer, state_dir: Path, env: Mapping[str, str]) -> da
         if issuer.ca_certificate is not None:
             pem = resolve_secret(issuer.ca_certificate, env=env, base_dir=state_dir)
         else:
-            path = state_dir / "ca" / issuer.name / CA_CERT_FILE
+            path = StateDir(state_dir).ca(issuer.name) / CA_CERT_FILE
             if not path.is_file():
                 return None
             pem = path.read_bytes()

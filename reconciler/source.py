@@ -35,6 +35,7 @@ from pygit2.enums import FetchPrune, FileMode
 
 from certgit.reconciler.errors import SourceError
 from certgit.reconciler.model import FileEntry
+from certgit.reconciler.statedir import StateDir, make_private_dir
 
 MIRROR_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -116,7 +117,7 @@ class GitSource:
         self._shown_url = display_url(self.url)
         self._path = _clean_path(config.path)
         digest = hashlib.sha256(self.url.encode()).hexdigest()[:16]
-        self.mirror_path = Path(state_dir) / "git" / f"{digest}.git"
+        self.mirror_path = StateDir(Path(state_dir)).mirror(digest)
         self._repo: pygit2.Repository | None = None
         # Memo of the last walk: the same tree id gives the same files without walking again.
         self._last_tree: str | None = None
@@ -183,8 +184,7 @@ class GitSource:
         parent = self.mirror_path.parent
         with self._translate("clone"):
             if not parent.exists():
-                parent.mkdir(mode=0o700, parents=True)
-                os.chmod(parent, 0o700)  # the mirror is the state dir's business only
+                make_private_dir(parent, parents=True)  # the state dir's business only
             staging = Path(tempfile.mkdtemp(prefix=".clone-", dir=parent))
         try:
             with self._translate("clone"):

@@ -21,9 +21,9 @@ from certgit.connectors.model import TargetSpec, VerifyConfig
 from certgit.reconciler.errors import CertgitError
 from certgit.reconciler.model import Certificate, DesiredState, Target, VerifySpec
 from certgit.reconciler.sealing import load_master_key
-from certgit.reconciler.statedir import check_private_dir
+from certgit.reconciler.statedir import StateDir, check_private_dir, make_private_dir
 
-WORK_DIR_NAME = "work"
+WORK_DIR_NAME = StateDir.WORK_DIR_NAME
 BACKUP_KEY_INFO = b"certgit backups v1"
 
 
@@ -37,7 +37,7 @@ def work_dir(state_dir: Path, target: str) -> Path:
         raise TargetConfigError(
             f"target name {target!r} cannot name a directory; rename the Target"
         )
-    return Path(state_dir) / WORK_DIR_NAME / target
+    return StateDir(Path(state_dir)).work_dir(target)
 
 
 def ensure_work_dir(path: Path) -> Path:
@@ -48,10 +48,7 @@ def ensure_work_dir(path: Path) -> Path:
     a rollback restores, so nobody else may be able to swap them.
     """
     for directory, what in ((path.parent, "work directory"), (path, "target work directory")):
-        try:
-            directory.mkdir(mode=0o700)
-            os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
-        except FileExistsError:
+        if not make_private_dir(directory):
             check_private_dir(directory, what)
     return path
 

@@ -17,7 +17,6 @@ import fcntl
 import ipaddress
 import os
 import secrets
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from certgit.reconciler.issuers.keys import (
 )
 from certgit.reconciler.model import Certificate, Issuer, KeyAlgorithm, KeySpec
 from certgit.reconciler.secretref import resolve_secret
+from certgit.reconciler.statedir import make_private_dir, publish_private_file
 
 CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
@@ -428,20 +428,17 @@ def _locked(directory: Path) -> Iterator[None]:
 
 def _ensure_directory(directory: Path) -> None:
     try:
-        directory.mkdir(mode=0o700, parents=True)
-    except FileExistsError:
-        if not directory.is_dir():
-            raise IssuanceError(
-                f"{directory} exists and is not a directory; move it away so certgit "
-                "can keep its CA there"
-            ) from None
-        return
+        created = make_private_dir(directory, parents=True)
     except OSError as exc:
         raise IssuanceError(
             f"cannot create the CA directory {directory} ({exc.strerror}); "
             "check the state directory's permissions"
         ) from None
-    os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+    if not created and not directory.is_dir():
+        raise IssuanceError(
+            f"{directory} exists and is not a directory; move it away so certgit "
+            "can keep its CA there"
+        )
 
 
 def _load_or_create_files(
@@ -468,25 +465,19 @@ def _load_or_create_files(
             serialization.BestAvailableEncryption(passphrase),
         )
         # key first, certificate last: a published ca.crt means the pair is complete
-        _publish(directory, key_path, key_pem, 0o600)
-        _publish(directory, cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        _publish(key_path, key_pem, 0o600)
+        _publish(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return cert, key
 
 
-def _publish(directory: Path, path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to a temp file in `directory`, fsync, then link it to `path`.
+def _publish(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` durably to the new file `path` (`publish_private_file`).
 
     link(2) fails if `path` exists, so unlike rename it never clobbers a file a
     concurrent creator published (the flock makes that a second line of defence).
     """
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
+        publish_private_file(path, data, mode)
     except FileExistsError:
         raise IssuanceError(
             f"{path} was created by another process meanwhile; retry to load it"
@@ -496,13 +487,6 @@ def _publish(directory: Path, path: Path, data: bytes, mode: int) -> None:
             f"cannot write {path} ({exc.strerror}); check the state directory's free space "
             "and permissions"
         ) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the new directory entry durable
-    finally:
-        os.close(dir_fd)
 
 
 def _read_files(
