@@ -147,13 +147,16 @@ def wants_rich(out: TextIO, json_mode: bool) -> bool:
 
 
 def console_for(out: TextIO) -> Any:
-    """A rich Console on `out`; no colour when NO_COLOR is set (to anything)."""
+    """A rich Console on `out`. NO_COLOR (set to anything non-empty, no-color.org) turns
+    every ANSI style off: tables keep their layout, no escape sequence is written."""
     from rich.console import Console
 
+    no_color = bool(os.environ.get("NO_COLOR"))
     return Console(
         file=out,
-        force_terminal=True,
-        no_color="NO_COLOR" in os.environ,
+        force_terminal=not no_color,
+        color_system=None if no_color else "auto",
+        no_color=no_color,
         highlight=False,
         soft_wrap=True,
     )
