@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from certgit.reconciler.errors import AuditChainBroken
-from certgit.reconciler.store import GENESIS_HASH, Store
+from certgit.reconciler.model import canonical_json, sha256_hex
+from certgit.reconciler.store import (
+    GENESIS_HASH,
+    AuditEvent,
+    Store,
+    current_version,
+    latest_version,
+)
 from certgit.reconciler.store.audit import (
     REDACTED_TEXT,
     AuditEntry,
@@ -18,6 +26,10 @@ from certgit.reconciler.store.audit import (
     redact,
     verify_chain,
 )
+from certgit.reconciler.store.migrate import available_migrations
+
+# The module, not the package's re-exported `migrate` function of the same name.
+migrate_module = importlib.import_module("certgit.reconciler.store.migrate")
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -231,3 +243,94 @@ def test_verify_chain_pure() -> None:
     broken = [AuditEntry(1, "t", "a", "x", "s", "not json", GENESIS_HASH, h1)]
     with pytest.raises(AuditChainBroken, match="seq 1: hash mismatch"):
         verify_chain(broken, 1, h1)
+
+
+# ----------------------------------------------------------------- subject columns (0003)
+
+
+def test_subject_columns_round_trip_and_filter(store: Store) -> None:
+    approved = store.audit(
+        "alice", AuditEvent.PLAN_APPROVED, "a" * 64, {"reason": "ok"}, NOW,
+        plan_hash="a" * 64, action_id="act-1",
+    )  # fmt: skip
+    deployed = store.audit(
+        "certgit", AuditEvent.DEPLOY_COMPLETED, "web", {"plans": ["a" * 64]}, NOW,
+        certificate="www", target="web", plan_hash="a" * 64, action_id="act-1", version=2,
+    )  # fmt: skip
+    # A target's row about several actions lists them in details only.
+    several = store.audit(
+        "certgit", AuditEvent.DEPLOY_COMPLETED, "api", {"plans": ["a" * 64],
+        "actions": ["act-1", "act-2"]}, NOW, target="api",
+    )  # fmt: skip
+    rows = {r["seq"]: r for r in store.audit_rows(since_seq=5)}
+    assert rows[approved]["action"] == "plan.approved"
+    assert (rows[approved]["plan_hash"], rows[approved]["action_id"]) == ("a" * 64, "act-1")
+    assert rows[approved]["certificate"] is None
+    assert {k: rows[deployed][k] for k in ("certificate", "target", "version")} == {
+        "certificate": "www", "target": "web", "version": 2,
+    }  # fmt: skip
+    assert [r["seq"] for r in store.audit_rows(action_id="act-1")] == [approved, deployed, several]
+    assert [r["seq"] for r in store.audit_rows(action_id="act-2")] == [several]
+    assert [r["seq"] for r in store.audit_rows(certificate="www")] == [deployed]
+    assert [r["seq"] for r in store.audit_rows(target="api", since_seq=5)] == [several]
+    assert store.verify_audit() == 8
+
+
+def test_row_without_columns_hashes_as_before(store: Store) -> None:
+    seq = store.audit("bob", "release", "nginx", {"n": 1}, NOW)
+    row = store.audit_rows(since_seq=seq - 1)[0]
+    legacy = sha256_hex(row["prev_hash"] + canonical_json(
+        [seq, "2026-01-02T03:04:05.000000+00:00", "bob", "release", "nginx", {"n": 1}]
+    ))  # fmt: skip
+    assert row["hash"] == legacy
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("action_id", "'forged'"), ("plan_hash", "NULL"), ("version", "7"), ("target", "'x'")],
+)
+def test_edited_subject_column_detected(store: Store, column: str, value: str) -> None:
+    store.audit("a", "deploy.completed", "web", {}, NOW, target="web", plan_hash="p",
+                action_id="act", version=1)  # fmt: skip
+    _drop_triggers(store)
+    store.connection.execute(f"UPDATE audit_log SET {column} = {value} WHERE seq = 6")
+    with pytest.raises(AuditChainBroken, match="seq 6: hash mismatch"):
+        store.verify_audit()
+
+
+def test_column_set_on_an_old_row_detected(store: Store) -> None:
+    _drop_triggers(store)
+    store.connection.execute("UPDATE audit_log SET action_id = 'sneaked-in' WHERE seq = 2")
+    with pytest.raises(AuditChainBroken, match="seq 2: hash mismatch"):
+        store.verify_audit()
+
+
+def test_rows_written_before_0003_verify_after_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store at schema 2 with audit rows, migrated to 3, then new rows with columns."""
+    every = available_migrations()
+    state = tmp_path / "state"
+    monkeypatch.setattr(migrate_module, "available_migrations", lambda: every[:2])
+    with Store.open(state, master_key=bytes(32)) as old:
+        assert current_version(old.connection) == 2
+        prev = GENESIS_HASH
+        for seq in (1, 2, 3):
+            at = f"2026-01-0{seq}T00:00:00.000000+00:00"
+            digest = chain_hash(prev, seq, at, "u", "approve", f"plan p{seq}", {"n": seq})
+            with old.transaction() as conn:  # exactly what the schema-2 code wrote
+                conn.execute(
+                    "INSERT INTO audit_log VALUES (?, ?, 'u', 'approve', ?, ?, ?, ?)",
+                    (seq, at, f"plan p{seq}", f'{{"n":{seq}}}', prev, digest),
+                )
+                conn.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
+                             (seq, digest))  # fmt: skip
+            prev = digest
+    monkeypatch.undo()
+    with Store.open(state, master_key=bytes(32)) as new:
+        assert current_version(new.connection) == latest_version() >= 3
+        assert new.verify_audit() == 3
+        new.audit("alice", AuditEvent.PLAN_APPROVED, "p", {}, NOW, plan_hash="p",
+                  action_id="a1")  # fmt: skip
+        assert new.verify_audit() == 4
+        assert [r["plan_hash"] for r in new.audit_rows()] == [None, None, None, "p"]

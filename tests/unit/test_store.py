@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from certgit.reconciler.errors import StoreError
+from certgit.reconciler.errors import StoreError, StoreLocked
 from certgit.reconciler.model import CertificateVersion, RecordedState
 from certgit.reconciler.sealing import ENV_KEY
-from certgit.reconciler.store import Store, latest_version
+from certgit.reconciler.store import Decision, JobState, Store, latest_version
 from certgit.reconciler.store.migrate import available_migrations, split_statements
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -614,3 +614,32 @@ def test_work_dir_writable_by_others_refused(tmp_path: Path) -> None:
     path.chmod(0o720)
     with pytest.raises(UnsafeStateDir, match=r"target work directory .*/work/web-1 is unsafe"):
         ensure_work_dir(path)
+
+
+def test_locked_store_raises_store_locked_temporary(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s", master_key=KEY_A) as first, Store.open(
+        tmp_path / "s", master_key=KEY_A
+    ) as second:
+        second.connection.execute("PRAGMA busy_timeout = 0")
+        with first.transaction():
+            with pytest.raises(StoreLocked, match="locked by another certgit process") as info:
+                second.set_source_state("k", "v")
+        assert info.value.temporary is True
+        assert isinstance(info.value, StoreError)
+        second.set_source_state("k", "v")  # free again once the writer committed
+        assert first.get_source_state("k") == "v"
+
+
+def test_repositories_share_one_connection(store: Store) -> None:
+    """Plans enqueue through the Outbox inside the plan's own transaction, on one connection."""
+    conns = {id(repo._db) for repo in (store.versions_repo, store.deployments, store.plans,
+                                       store.outbox, store.audit_log, store.source_state)}
+    assert len(conns) == 1
+    store.save_plan("h9", None, _actions(), NOW, enqueue=True)
+    assert [(r["action_id"], r["state"]) for r in store.outbox_rows("h9")] == [
+        ("a1", JobState.PENDING), ("a2", JobState.PENDING)
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="decision"):
+        store.add_approval("h9", None, decision="maybe", actor="a", reason="r", at=NOW)
+    store.add_approval("h9", "a3", decision=Decision.APPROVE, actor="a", reason="r", at=NOW)
+    assert store.approvals("h9")[0]["decision"] == "approve"
