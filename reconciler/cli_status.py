@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from certgit.reconciler.model import Drift
+from certgit.reconciler.model import Drift, key_label
 
 if TYPE_CHECKING:
-    from certgit.reconciler.model import Certificate, DesiredState, RecordedState
+    from certgit.reconciler.model import DesiredState, RecordedState
     from certgit.reconciler.planner import BindingStatus, Plan
 
 
@@ -61,17 +61,6 @@ class StatusRow:
                 "key": self.key, "files": list(self.files)}
 
 
-def key_label(cert: Certificate | None) -> str:
-    if cert is None:
-        return "-"
-    algorithm = str(cert.key.algorithm)
-    if cert.key.size is None:
-        return algorithm
-    if algorithm.upper() == "ECDSA":
-        return f"ECDSA P-{cert.key.size}"
-    return f"{algorithm} {cert.key.size}"
-
-
 def _matches(args: Any, b: BindingStatus, desired: DesiredState) -> bool:
     if args.target and b.target not in args.target:
         return False
@@ -100,7 +89,8 @@ def status_rows(
         sans = (*cert.dns_names, *cert.ip_addresses) if cert else ()
         deployment = recorded.deployments.get((b.certificate, b.target)) if recorded else None
         files = tuple(f[0] for f in deployment.files) if deployment else ()
-        rows.append(StatusRow(b, days, sans, key_label(cert), files))
+        key = key_label(cert.key.algorithm, cert.key.size) if cert else "-"
+        rows.append(StatusRow(b, days, sans, key, files))
     return rows
 
 
