@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 from certgit.reconciler.engine import LAST_APPLIED_COMMIT, Engine
 from certgit.reconciler.errors import CertgitError
 from certgit.reconciler.planner import Action, Plan
+from certgit.reconciler.store.audit import AuditEvent
+from certgit.reconciler.store.plans import Decision
 
 if TYPE_CHECKING:
     from certgit.reconciler.executor import ExecutorConfig, RunReport
@@ -239,10 +241,12 @@ def decide(
     store.add_approval(plan_hash, action_id, decision=decision, actor=actor, reason=reason, at=now)
     store.audit(
         actor,
-        f"plan.{decision}d" if decision == "approve" else "plan.rejected",
+        AuditEvent.PLAN_APPROVED if decision == Decision.APPROVE else AuditEvent.PLAN_REJECTED,
         plan_hash if action_id is None else f"{plan_hash}/{action_id}",
         {"reason": reason, "action": action_id, "plan": plan_hash},
         now,
+        plan_hash=plan_hash,
+        action_id=action_id,
     )
     return plan_hash, action_id
 
@@ -342,10 +346,10 @@ def rollback(
     runnable = [a for a in plan.actions if not a.gated] + approved
     if waiting:
         store.audit(
-            actor, "rollback.waiting", target,
+            actor, AuditEvent.ROLLBACK_WAITING, target,
             {"reason": reason, "plan": plan.hash,
              "versions": {a.certificate: a.version for a in waiting}},
-            now,
+            now, target=target, plan_hash=plan.hash,
         )
         return RollbackOutcome(target, {}, RunReport(), plan.hash, tuple(waiting), skipped)
     chosen = {a.certificate: int(a.version or 0) for a in runnable}
@@ -355,10 +359,12 @@ def rollback(
     store.enqueue_actions(plan.hash, [a.id for a in runnable], now)
     store.audit(
         actor,
-        "rollback.requested",
+        AuditEvent.ROLLBACK_REQUESTED,
         target,
         {"reason": reason, "versions": chosen, "plan": plan.hash},
         now,
+        target=target,
+        plan_hash=plan.hash,
     )
     executor = Executor(
         store, engine.settings.state_dir, desired, actor=actor, clock=engine.clock,
@@ -386,8 +392,9 @@ def release(
     )
     subject = target if certificate is None else f"{certificate} -> {target}"
     engine.store.audit(
-        actor, "hold.released", subject,
+        actor, AuditEvent.HOLD_RELEASED, subject,
         {"reason": reason, "released": count, "cancelled": cancelled}, now,
+        target=target, certificate=certificate,
     )
     return count
 
@@ -404,5 +411,8 @@ def retry(
     subject = target or "*"
     if certificate is not None:
         subject = f"{certificate} -> {subject}"
-    engine.store.audit(actor, "action.retried", subject, {"reason": reason, "rearmed": count}, now)
+    engine.store.audit(
+        actor, AuditEvent.ACTION_RETRIED, subject, {"reason": reason, "rearmed": count}, now,
+        target=target, certificate=certificate,
+    )
     return count
