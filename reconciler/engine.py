@@ -294,7 +294,7 @@ class Engine:
             return False
         self.store.save_plan(plan.hash, plan.commit, actions, now, enqueue=enqueue)
         details: dict[str, Any] = {"commit": plan.commit, "actions": len(plan.actions)}
-        self.store.audit(actor, "plan.recorded", plan.hash, details, now)
+        self.store.audit(actor, "plan.recorded", plan.hash, details, now, plan_hash=plan.hash)
         return True
 
     def close(self) -> None:
