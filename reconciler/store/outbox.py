@@ -118,21 +118,16 @@ def owner_is_dead(owner: str | None) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False
+        pass  # alive, another user's
     return False
 
 
 def _message(row: Sequence[Any]) -> Message:
-    return Message(
-        id=int(row[0]),
-        plan_hash=str(row[1]),
-        action_id=str(row[2]),
-        target=row[3],
-        payload=json.loads(row[4]),
-        state=str(row[5]),
-        attempts=int(row[6]),
-        lease_owner=row[7],
-    )
+    """A `Message` from (id, plan_hash, action_id, target, payload_json, state, attempts,
+    lease_owner)."""
+    i, plan, action, target, payload, state, attempts, owner = row
+    return Message(int(i), str(plan), str(action), target, json.loads(payload), str(state),
+                   int(attempts), owner)  # fmt: skip
 
 
 _ABANDONED, _PENDING, _RETRY_WAIT, _RUNNING = (
@@ -461,46 +456,27 @@ class Outbox:
 
 
 # ---------------------------------------------------------------------- on a Store
-# The executor's verbs, kept as functions of the store: each is its `Outbox` method.
+# The worker's verbs as functions of a store, for callers holding one: each is
+# its `Outbox` method on `store.outbox` (same arguments after the store).
 
 
-def claim(
-    store: Store,
-    owner: str,
-    now: datetime,
-    *,
-    lease: timedelta = timedelta(minutes=10),
-    plan_hash: str | None = None,
-    retry_now: bool = False,
-) -> list[Message]:
-    """`Outbox.claim` on the store's outbox."""
-    return store.outbox.claim(owner, now, lease=lease, plan_hash=plan_hash, retry_now=retry_now)
+def claim(store: Store, owner: str, now: datetime, **options: Any) -> list[Message]:
+    """`Outbox.claim` (options: lease, plan_hash, retry_now)."""
+    return store.outbox.claim(owner, now, **options)
 
 
 def complete(store: Store, messages: Sequence[Message], owner: str, now: datetime) -> int:
-    """`Outbox.complete` on the store's outbox."""
     return store.outbox.complete(messages, owner, now)
 
 
 def fail(
-    store: Store,
-    messages: Sequence[Message],
-    owner: str,
-    now: datetime,
-    error: str,
-    *,
-    temporary: bool,
-    backoff: Backoff = Backoff(),
-    rng: random.Random | None = None,
+    store: Store, messages: Sequence[Message], owner: str, now: datetime, error: str, *,
+    temporary: bool, backoff: Backoff = Backoff(), rng: random.Random | None = None,
 ) -> dict[int, JobState]:
-    """Record a failed attempt: RETRY_WAIT with backoff, ABANDONED at max attempts.
-
-    A permanent error is retried too: what makes it fail (a broken server
-    config, a refused file) is usually fixed by the operator, and the next
-    attempt must not need a new plan. `temporary` is kept for the callers'
-    wording; the attempt budget bounds both kinds.
-    Returns message id -> the state it was moved to.
-    """
+    """`Outbox.fail`. A permanent error is retried too: what makes it fail (a broken
+    server config, a refused file) is usually fixed by the operator, and the next
+    attempt must not need a new plan; `temporary` is kept for the callers' wording
+    and the attempt budget bounds both kinds."""
     del temporary
     return store.outbox.fail(messages, owner, now, error, backoff=backoff, rng=rng)
 
@@ -508,18 +484,11 @@ def fail(
 def cancel(
     store: Store, messages: Sequence[Message], owner: str, now: datetime, reason: str
 ) -> int:
-    """`Outbox.cancel` on the store's outbox."""
     return store.outbox.cancel(messages, owner, now, reason)
 
 
 def supersede(store: Store, plan_hash: str, now: datetime) -> int:
-    """`Outbox.supersede` on the store's outbox."""
     return store.outbox.supersede(plan_hash, now)
-
-
-def counts(store: Store, plan_hash: str | None = None) -> dict[str, int]:
-    """`Outbox.counts` on the store's outbox."""
-    return store.outbox.counts(plan_hash)
 
 
 def pending_retries(store: Store) -> list[dict[str, Any]]:
@@ -528,21 +497,11 @@ def pending_retries(store: Store) -> list[dict[str, Any]]:
 
 
 def rearm(store: Store, now: datetime, target: str | None, certificate: str | None = None) -> int:
-    """`Outbox.rearm` on the store's outbox."""
     return store.outbox.rearm(now, target, certificate)
 
 
 def cancel_binding_work(
-    store: Store,
-    now: datetime,
-    target: str,
-    certificate: str | None,
-    *,
-    kinds: Sequence[str] | None = None,
-    states: Sequence[str] = (_PENDING, _RETRY_WAIT, _ABANDONED),
-    reason: str,
+    store: Store, now: datetime, target: str, certificate: str | None, **options: Any
 ) -> int:
-    """`Outbox.cancel_binding_work` on the store's outbox."""
-    return store.outbox.cancel_binding_work(
-        now, target, certificate, kinds=kinds, states=states, reason=reason
-    )
+    """`Outbox.cancel_binding_work` (options: kinds, states, reason)."""
+    return store.outbox.cancel_binding_work(now, target, certificate, **options)
