@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 def dry_run_lines(engine: Engine, desired: DesiredState, plan: Plan) -> list[str]:
     """What apply would do: preflight, grant and config checks per target; nothing is written."""
     from certgit.connectors.model import ChangeSet
-    from certgit.reconciler.executor import build_bundle, default_loader, default_sandbox
     from certgit.reconciler.targets import target_spec
+    from certgit.reconciler.targetwork import build_bundle, default_loader, default_sandbox
 
     lines: list[str] = []
     by_target: dict[str, list[Action]] = {}

@@ -68,7 +68,7 @@ def observe(
         for name, items in sorted(jobs.items())
     ]
     if loader is None:
-        from certgit.reconciler.executor import default_loader
+        from certgit.reconciler.targetwork import default_loader
 
         # One connector per type for the whole observation: loading one scans the
         # installed entry points (~10 ms), far more than observing a target.
@@ -115,8 +115,8 @@ def _observe_target(
     loader: Callable[[str], Any] | None,
     sandbox_factory: Callable[[Any, Any], Any] | None,
 ) -> dict[Key, LiveObservation]:
-    from certgit.reconciler.executor import default_loader, default_sandbox
     from certgit.reconciler.targets import target_spec
+    from certgit.reconciler.targetwork import default_loader, default_sandbox
 
     name = job.target.name
     spec = target_spec(job.target, state_dir)
@@ -186,7 +186,7 @@ def _lock(name: str, work_dir: Path) -> Iterator[None]:
         with nullcontext():
             yield
         return
-    from certgit.reconciler.executor import _target_lock
+    from certgit.reconciler.targetwork import target_lock
 
-    with _target_lock(name, work_dir):
+    with target_lock(name, work_dir):
         yield
