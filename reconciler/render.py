@@ -171,21 +171,3 @@ def status_rows(bindings: Iterable[BindingStatus]) -> list[BindingStatus]:
     return sorted(
         bindings, key=lambda b: (DRIFT_URGENCY[Drift(b.drift)], b.certificate, b.target)
     )
-
-
-def render_status(bindings: Iterable[BindingStatus]) -> str:
-    rows = [
-        [
-            b.certificate,
-            b.target,
-            f"v{b.deployed_version}" if b.deployed_version else "-",
-            (b.deployed_fingerprint or "-")[:16],
-            when(b.not_after),
-            str(b.drift),
-            one_line(b.reason, 160),
-        ]
-        for b in status_rows(bindings)
-    ]
-    return table(
-        ["CERTIFICATE", "TARGET", "VERSION", "FINGERPRINT", "NOT AFTER", "DRIFT", "REASON"], rows
-    )
