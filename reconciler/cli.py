@@ -28,11 +28,19 @@ from certgit.reconciler.cli_parser import (
     build_parser,
 )
 from certgit.reconciler.errors import CertgitError, ConfigErrors
-from certgit.reconciler.render import render_apply, render_plan
+from certgit.reconciler.render import apply_json, render_apply, render_plan
 
 if TYPE_CHECKING:
     from certgit.reconciler.engine import Engine
     from certgit.reconciler.planner import Plan
+
+
+def _emit_json(data: dict[str, Any], out: TextIO) -> None:
+    """A command's one JSON document (main adds format_version, times become ISO 8601)."""
+    from certgit.reconciler.cli_output import iso_utc
+
+    json.dump(data, out, indent=2, sort_keys=True, default=iso_utc)
+    out.write("\n")
 
 
 def _engine(args: argparse.Namespace, *, create: bool = True) -> Engine:
@@ -274,6 +282,9 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         _warn_degraded(engine, err)
         engine.close()
+    if args.json:
+        _emit_json(apply_json(outcome), out)
+        return outcome.exit_code
     if args.dry_run:
         head = f"certgit apply --dry-run (plan {outcome.plan.hash[:12]}): nothing is written"
         print(head, file=out)

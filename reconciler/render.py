@@ -171,3 +171,39 @@ def status_rows(bindings: Iterable[BindingStatus]) -> list[BindingStatus]:
     return sorted(
         bindings, key=lambda b: (DRIFT_URGENCY[Drift(b.drift)], b.certificate, b.target)
     )
+
+
+def apply_json(outcome: ApplyOutcome) -> dict[str, Any]:
+    """`certgit apply --json`: what ran, per target, and what is left (same facts as
+    render_apply). Times stay datetimes: the CLI writes them as ISO 8601 UTC."""
+    run = outcome.run
+    return {
+        "plan_hash": outcome.plan.hash,
+        "commit": outcome.plan.commit,
+        "exit_code": outcome.exit_code,
+        "dry_run": list(outcome.dry_run) or None,
+        "issued": [
+            {"certificate": i.certificate, "version": i.version.version,
+             "fingerprint": i.version.fingerprint, "key_reused": i.key_reused}
+            for i in run.issued if i.version is not None
+        ],
+        "issue_errors": dict(run.issue_errors),
+        "targets": [
+            {"target": t.target, "status": t.status, "certificates": dict(t.certificates),
+             "removed": list(t.removed), "validated": t.validated, "reloaded": t.reloaded,
+             "verified": t.verified, "error": t.error, "failed": dict(t.failed)}
+            for t in run.targets
+        ],
+        "waiting": [a.to_dict() for a in outcome.waiting],
+        "rejected": [a.to_dict() for a in outcome.rejected],
+        "abandoned": [a.to_dict() for a in outcome.abandoned],
+        "pending": [a.to_dict() for a in outcome.pending],
+        "retrying": [
+            {"action_id": r.get("action_id"), "target": r.get("target"),
+             "certificate": (r.get("payload") or {}).get("certificate"),
+             "attempts": r.get("attempts"), "next_attempt_at": r.get("next_attempt_at"),
+             "last_error": r.get("last_error")}
+            for r in outcome.retrying
+        ],
+        "attention": [b.to_dict() for b in outcome.final.attention()],
+    }

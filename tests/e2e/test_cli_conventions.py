@@ -332,3 +332,19 @@ def test_init_dir_scaffolds_a_repo_that_validates(cli, tmp_path) -> None:
     again = cli("init", str(d))
     assert again.code == 1 and "already exists" in again.err
     assert cli("init").code == 0 and (tmp_path / "state").is_dir()  # without DIR: state
+
+
+def test_apply_json_reports_targets_and_waiting_actions(cli, sample_git) -> None:
+    _, path = sample_git
+    r = cli("apply", "--json", "--repo", str(path))
+    assert r.code == 2, r.err  # production deploys wait for an approval
+    data = _json(r)
+    assert data["exit_code"] == 2 and len(data["plan_hash"]) == 64
+    assert {t["target"] for t in data["targets"]} == {"staging-1"}
+    assert all(t["status"] == "deployed" for t in data["targets"])
+    assert {a["target"] for a in data["waiting"]} == {"web-1", "web-2"}
+    assert {i["certificate"] for i in data["issued"]} >= {"www", "api"}
+    status = _json(cli("status", "--json", "--repo", str(path), "--target", "staging-1"))
+    row = status["bindings"][0]
+    assert row["not_after"].endswith("+00:00") and "T" in row["not_after"]
+    assert row["days_left"] > 0 and row["files"]
