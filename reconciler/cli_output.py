@@ -101,6 +101,26 @@ def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
+_PROBLEM = re.compile(r"^(?P<file>[^\s:][^:]*):(?P<line>\d+):(?P<column>\d+): (?P<message>.*)$")
+
+
+def _positioned(lines: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`FILE:LINE:COL: message` lines (validate's format) as problems and warnings."""
+    problems, warnings = [], []
+    for line in lines:
+        m = _PROBLEM.match(line)
+        if not m:
+            continue
+        item: dict[str, Any] = {**m.groupdict(), "line": int(m["line"]),
+                                "column": int(m["column"])}
+        if item["message"].startswith("warning: "):
+            item["message"] = item["message"].removeprefix("warning: ")
+            warnings.append(item)
+        else:
+            problems.append(item)
+    return problems, warnings
+
+
 def _as_json(command: str, code: int, text: str, err_text: str) -> dict[str, Any]:
     """What a command printed, as the JSON document `--json` promises."""
     stripped = text.strip()
@@ -113,13 +133,18 @@ def _as_json(command: str, code: int, text: str, err_text: str) -> dict[str, Any
             return dict(sorted(data.items()))
         if isinstance(data, list):
             return {"items": data}
+    problems, warnings = _positioned(_lines(text) + _lines(err_text))
     if code == EXIT_ERROR:
-        messages = _lines(err_text)
+        messages = [m for m in _lines(err_text) if not _PROBLEM.match(m)]
         message = messages[-1] if messages else "command failed"
         message = message.removeprefix("error: ")
-        return error_object("CommandFailed", message, exit_code=code, output=_lines(text),
-                            messages=messages)
-    return {"command": command, "exit_code": code, "output": _lines(text)}
+        extra: dict[str, Any] = {"problems": problems} if problems else {}
+        return error_object("ConfigErrors" if problems else "CommandFailed", message,
+                            exit_code=code, output=_lines(text), messages=messages, **extra)
+    data: dict[str, Any] = {"command": command, "exit_code": code, "output": _lines(text)}
+    if warnings:
+        data["warnings"] = warnings
+    return data
 
 
 class _Tee(io.StringIO):
@@ -202,7 +227,8 @@ def _failure(
         return EXIT_INTERRUPTED
     if isinstance(exc, ConfigErrors):
         if json_mode:
-            problems = [str(p) for p in exc.problems]
+            problems = [{"file": p.path, "line": p.line, "column": p.column,
+                         "message": p.message} for p in exc.problems]
             n = len(problems)
             dump(error_object("ConfigErrors", f"{n} problem{'s' if n != 1 else ''} found",
                               problems=problems, exit_code=EXIT_ERROR), out)

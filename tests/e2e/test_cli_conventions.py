@@ -145,7 +145,16 @@ def test_json_error_objects_keep_the_exit_code(cli, tmp_path) -> None:
     (bad / "x" / "c.yaml").write_text("apiVersion: certgit.dev/v1\nkind: Nope\n")
     invalid = cli("validate", "--json", str(bad))
     assert invalid.code == 1
-    assert "error" in _json(invalid)
+    err = _json(invalid)["error"]
+    assert err["type"] == "ConfigErrors" and "problem" in err["message"]
+    assert err["problems"][0]["file"] == "x/c.yaml" and err["problems"][0]["line"] >= 1
+
+    broken = tmp_path / "broken"
+    commit_files(init_repo(broken), {"a.yaml": b"kind: [unclosed\n"}, "broken")
+    assert cli("init").code == 0
+    plan = cli("plan", "--json", "--repo", str(broken))
+    assert plan.code == 1
+    assert _json(plan)["error"]["problems"][0]["file"] == "a.yaml"
 
     not_dir = cli("validate", "--json", str(tmp_path / "nothing-here"))
     assert not_dir.code == 1 and "is not a directory" in _json(not_dir)["error"]["message"]
