@@ -262,6 +262,7 @@ def cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from certgit.reconciler.cli_output import progress_listener
     from certgit.reconciler.commands import apply
     from certgit.reconciler.engine import operator_identity
     from certgit.reconciler.executor import ExecutorConfig
@@ -275,6 +276,7 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 dry_run=args.dry_run,
                 refresh=args.refresh == "true",
                 config=ExecutorConfig(retry_now=True),
+                on_event=progress_listener(args, err),
             )
         except ConfigErrors as exc:
             _print_problems(exc, out, err, engine.last_good_commit())

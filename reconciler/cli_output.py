@@ -292,3 +292,52 @@ def run(
         # `certgit status --json | head -1`: the reader left; say nothing more.
         _silence_stdout(out)
         return EXIT_BROKEN_PIPE
+
+
+# ---------------------------------------------------------------- apply progress
+
+
+def progress_listener(args: Any, err: TextIO) -> Callable[[Any], None] | None:
+    """Live progress of `apply` on stderr (stdout keeps the final report): when stderr is
+    a terminal or with -v. Issuance is one self-updating line on a terminal; each target
+    gets a line as its outcome is recorded. Thread-safe (executor threads call it)."""
+    import threading
+
+    try:
+        tty = bool(err.isatty())
+    except (AttributeError, ValueError):
+        tty = False
+    if not (tty or getattr(args, "verbose", 0) > 0) or getattr(args, "quiet", 0) > 0:
+        return None
+    lock = threading.Lock()
+    issued = [0]
+    open_line = [False]
+
+    def listener(event: Any) -> None:
+        kind, subject, detail = str(event.kind), event.subject, dict(event.detail)
+        with lock:
+            if kind == "planned":
+                n = detail.get("actions", 0)
+                err.write(f"planned {n} action{'s' if n != 1 else ''} (plan {subject[:12]})\n")
+            elif kind == "issued":
+                issued[0] += 1
+                text = f"issued {issued[0]} (last: {subject} v{detail.get('version')})"
+                if tty:
+                    err.write(f"\r\x1b[2K{text}")
+                    open_line[0] = True
+                else:
+                    err.write(f"issued {subject} v{detail.get('version')}\n")
+            elif kind == "target.finished":
+                if open_line[0]:
+                    err.write("\n")
+                    open_line[0] = False
+                certs = ", ".join(f"{c} v{v}" for c, v in sorted(
+                    (detail.get("certificates") or {}).items()))
+                why = f": {detail['error']}" if detail.get("error") else ""
+                err.write(f"{detail.get('status')} {subject}: {certs or 'nothing'}{why}\n")
+            elif kind == "done" and open_line[0]:
+                err.write("\n")
+                open_line[0] = False
+            err.flush()
+
+    return listener

@@ -357,3 +357,14 @@ def test_apply_json_reports_targets_and_waiting_actions(cli, sample_git) -> None
     row = status["bindings"][0]
     assert row["not_after"].endswith("+00:00") and "T" in row["not_after"]
     assert row["days_left"] > 0 and row["files"]
+
+
+def test_apply_progress_on_stderr_with_verbose(cli, sample_git) -> None:
+    _, path = sample_git
+    r = cli("apply", "-v", "--repo", str(path))
+    assert r.code == 2, r.err
+    assert r.err.startswith("planned "), r.err
+    assert "issued www v1" in r.err and "deployed staging-1: " in r.err
+    assert "Apply finished" in r.out and "planned" not in r.out
+    quiet = cli("apply", "--repo", str(path))
+    assert quiet.code == 2 and "planned" not in quiet.err  # not a TTY, no -v: report only
