@@ -130,9 +130,15 @@ def print_status_rich(rows: list[StatusRow], wide: bool, console: Any) -> None:
 
     t = Table(box=None, header_style="bold", pad_edge=False)
     for h in [*HEADERS, "FILES"] if wide else HEADERS:
-        t.add_column(h, overflow="fold")
+        # Names, versions, dates and kinds stay on one line; SANs, reasons, files wrap.
+        wraps = h in ("SANS", "REASON", "FILES")
+        t.add_column(h, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis",
+                     min_width=12 if wraps else None)
     for row in rows:
         cells = _cells(row, wide)
+        cells[7] = ", ".join(row.sans) or "-"  # wraps between names on a terminal
+        if wide:
+            cells[10] = "\n".join(row.files) or "-"
         drift = cells[8]
         cells[8] = f"[{DRIFT_STYLE.get(drift, '')}]{drift}[/]" if DRIFT_STYLE.get(drift) else drift
         days = row.days_left
