@@ -36,7 +36,8 @@ from certgit.reconciler.errors import CertgitError
 from certgit.reconciler.issuance import Issuance, IssueOutcome
 from certgit.reconciler.model import DesiredState, binding_config_json, sha256_hex
 from certgit.reconciler.store import Store, outbox
-from certgit.reconciler.store.outbox import Backoff, Message
+from certgit.reconciler.store.audit import AuditEvent
+from certgit.reconciler.store.outbox import Backoff, JobState, Message
 from certgit.reconciler.targets import (
     binding_overrides,
     ensure_work_dir,
@@ -135,6 +136,29 @@ class RunReport:
         )
 
 
+def _subject(
+    target: str, messages: Sequence[Message], versions: Mapping[str, int]
+) -> dict[str, Any]:
+    """The audit subject columns of one target's deploy row.
+
+    Always the target. When the row is about one certificate (the common case,
+    and every single-binding approval), also its version and the plan and action
+    of its newest message (the one that ran), so approval -> plan -> action ->
+    deploy joins on the columns; a row about several keeps them in details
+    ("plans", "actions"), which `Store.audit_rows(action_id=...)` also matches.
+    """
+    columns: dict[str, Any] = {"target": target}
+    certificates = {m.certificate for m in messages}
+    if len(certificates) == 1:
+        (certificate,) = certificates
+        last = max(messages, key=lambda m: m.id)
+        columns.update(
+            certificate=certificate, version=versions.get(certificate),
+            plan_hash=last.plan_hash, action_id=last.action_id,
+        )
+    return columns
+
+
 class Executor:
     """Runs claimed outbox messages against the targets of one desired state."""
 
@@ -214,7 +238,9 @@ class Executor:
                 errors[m.certificate] = str(exc)
                 self._fail([m], str(exc), temporary=exc.temporary)
                 self.store.audit(
-                    self.actor, "certificate.issue_failed", m.certificate, {"error": str(exc)}, now
+                    self.actor, AuditEvent.CERTIFICATE_ISSUE_FAILED, m.certificate,
+                    {"error": str(exc)}, now,
+                    certificate=m.certificate, plan_hash=m.plan_hash, action_id=m.action_id,
                 )
                 continue
             outcome_version = outcome.version
@@ -224,7 +250,8 @@ class Executor:
                             fingerprint=outcome_version.fingerprint)
                 self.store.audit(
                     self.actor,
-                    f"certificate.{m.kind}d" if m.kind == "issue" else "certificate.renewed",
+                    AuditEvent.CERTIFICATE_ISSUED if m.kind == "issue"
+                    else AuditEvent.CERTIFICATE_RENEWED,
                     m.certificate,
                     {
                         "version": outcome_version.version,
@@ -233,6 +260,8 @@ class Executor:
                         "plan": m.plan_hash,
                     },
                     now,
+                    certificate=m.certificate, version=outcome_version.version,
+                    plan_hash=m.plan_hash, action_id=m.action_id,
                 )
             outbox.complete(self.store, [m], self.owner, self.clock())
         return issued, errors
@@ -296,7 +325,8 @@ class Executor:
                     why = issue_errors.get(cert_name)
                     error = f"{exc}" if why is None else f"{exc} (issuance failed: {why})"
                     states = self._fail(cert_msgs, error, temporary=exc.temporary)
-                    status = "retrying" if set(states.values()) == {"RETRY_WAIT"} else "failed"
+                    waiting = set(states.values()) == {JobState.RETRY_WAIT}
+                    status = "retrying" if waiting else "failed"
                     results.append(TargetResult(name, status, error=error))
                     continue
                 group[cert_name] = cert_msgs
@@ -445,8 +475,8 @@ class Executor:
         except Exception as exc:  # never abort the other targets' recording
             error = f"{type(exc).__name__}: {exc}"
             try:
-                self.store.audit(self.actor, "deploy.record_failed", job.spec.name,
-                                 {"error": error}, self.clock())
+                self.store.audit(self.actor, AuditEvent.DEPLOY_RECORD_FAILED, job.spec.name,
+                                 {"error": error}, self.clock(), target=job.spec.name)
             except Exception:  # the store itself is failing; the result says it
                 pass
             return TargetResult(job.spec.name, "failed",
@@ -516,7 +546,7 @@ class Executor:
             outbox.complete(self.store, ok, self.owner, now)
             for cert in {m.certificate for m in ok}:
                 outbox.cancel_binding_work(
-                    self.store, now, name, cert, states=("ABANDONED",),
+                    self.store, now, name, cert, states=(JobState.ABANDONED,),
                     reason="superseded by a successful deploy",
                 )
             for cert, why in sorted(failed.items()):
@@ -544,8 +574,13 @@ class Executor:
             if call.recovered:
                 details["recovered"] = list(call.recovered)
             kinds = {m.kind for m in messages}
-            action = "rollback.deployed" if "rollback" in kinds else "deploy.completed"
-            self.store.audit(self.actor, action, name, details, now)
+            event = (
+                AuditEvent.ROLLBACK_DEPLOYED if "rollback" in kinds
+                else AuditEvent.DEPLOY_COMPLETED
+            )
+            self.store.audit(
+                self.actor, event, name, details, now, **_subject(name, messages, versions)
+            )
             return TargetResult(
                 name,
                 "deployed" if report is not None and report.changed else "unchanged",
@@ -570,7 +605,7 @@ class Executor:
         rolled_back = not isinstance(exc, DeployError) or exc.rolled_back
         self.store.audit(
             self.actor,
-            "deploy.failed",
+            AuditEvent.DEPLOY_FAILED,
             name,
             {
                 "error": error,
@@ -581,16 +616,19 @@ class Executor:
                 "actions": sorted(m.action_id for m in messages),
             },
             now,
+            **_subject(name, messages, versions),
         )
         state_names = set(states.values())
         status = (
-            "retrying" if state_names == {"RETRY_WAIT"}
-            else "abandoned" if "ABANDONED" in state_names
+            "retrying" if state_names == {JobState.RETRY_WAIT}
+            else "abandoned" if JobState.ABANDONED in state_names
             else "failed"
         )
         return TargetResult(name, status, certificates=versions, error=error)
 
-    def _fail(self, messages: Sequence[Message], error: str, *, temporary: bool) -> dict[int, str]:
+    def _fail(
+        self, messages: Sequence[Message], error: str, *, temporary: bool
+    ) -> dict[int, JobState]:
         return outbox.fail(
             self.store, messages, self.owner, self.clock(), error,
             temporary=temporary, backoff=self.config.backoff,

@@ -30,7 +30,7 @@ from certgit.reconciler.desired import load_directory
 from certgit.reconciler.executor import Executor, ExecutorConfig
 from certgit.reconciler.model import DesiredState
 from certgit.reconciler.planner import diff
-from certgit.reconciler.store import Store, outbox
+from certgit.reconciler.store import AuditEvent, Store, outbox
 from certgit.reconciler.store.outbox import Backoff
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -447,3 +447,37 @@ def test_two_targets_whose_directories_meet_through_a_symlink_do_not_both_write(
     two = store.recorded_state().deployments[("www", "two")]
     assert two.fingerprint is None and "also written by www" in str(two.last_error)
     assert {r["state"] for r in store.outbox_rows() if r["target"] == "two"} == {"RETRY_WAIT"}
+
+
+def test_audit_rows_name_their_binding_plan_and_action(env) -> None:
+    """One certificate per target: the deploy row's columns join plan -> action -> deploy;
+    several: the row lists them in details and the action_id filter still finds it."""
+    store, clock, tmp = env
+    desired = load_directory(_repo(tmp / "repo", 1, ("a", "b")))
+    plan_hash = _enqueue(store, desired, clock)
+    connector = FakeConnector(
+        tmp / "live", fail={"b": ReloadFailed("reload failed", target="b")}
+    )
+    _executor(store, desired, clock, tmp, connector).run()
+    saved = {(a["kind"], a.get("target")): a["id"] for a in store.get_plan(plan_hash)["actions"]}
+    rows = store.audit_rows()
+    issued = next(r for r in rows if r["action"] == AuditEvent.CERTIFICATE_ISSUED)
+    assert (issued["certificate"], issued["version"], issued["plan_hash"]) == ("c0", 1, plan_hash)
+    assert issued["action_id"] == saved[("issue", None)]
+    done = next(r for r in rows if r["action"] == AuditEvent.DEPLOY_COMPLETED)
+    failed = next(r for r in rows if r["action"] == AuditEvent.DEPLOY_FAILED)
+    for row, target in ((done, "a"), (failed, "b")):
+        assert (row["target"], row["certificate"], row["version"]) == (target, "c0", 1)
+        assert (row["plan_hash"], row["action_id"]) == (plan_hash, saved[("deploy", target)])
+        assert [r["seq"] for r in store.audit_rows(action_id=row["action_id"])] == [row["seq"]]
+    assert store.verify_audit() == len(rows)
+    # Two certificates on one target: no single binding, the lists stay in details.
+    desired = load_directory(_repo(tmp / "repo2", 2, ("c",)))
+    plan_hash = _enqueue(store, desired, clock)
+    _executor(store, desired, clock, tmp, FakeConnector(tmp / "live")).run()
+    row = store.audit_rows(target="c")[-1]
+    assert row["action"] == "deploy.completed" and row["certificate"] is None
+    assert all(
+        row["seq"] in [r["seq"] for r in store.audit_rows(action_id=a)]
+        for a in row["details"]["actions"]
+    )
