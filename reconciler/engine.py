@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from certgit.reconciler.config import Settings, SettingsError
 from certgit.reconciler.desired import DesiredLoader
-from certgit.reconciler.doccache import DocumentCache
 from certgit.reconciler.errors import ConfigErrors, SourceError
 from certgit.reconciler.model import DesiredState, LiveObservation, RecordedState
 from certgit.reconciler.planner import Plan, diff
+from certgit.reconciler.statedir import StateDir
+from certgit.reconciler.store.doccache import DocumentCache
 
 if TYPE_CHECKING:
     from certgit.reconciler.source import GitSource, Snapshot
@@ -128,7 +129,7 @@ class Engine:
     @cached_property
     def doc_cache(self) -> DocumentCache:
         self.store  # noqa: B018 - the store creates the state dir with mode 0700 first
-        return DocumentCache(self.settings.state_dir / "cache" / "documents.db")
+        return DocumentCache(StateDir(self.settings.state_dir).documents_db)
 
     @cached_property
     def loader(self) -> DesiredLoader:
