@@ -81,7 +81,13 @@ def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         store = engine.store
         key_at = _master_key_location(engine.env, state_dir)
+        if args.json:
+            _emit_json({"state_dir": str(state_dir), "created": bool(store.created),
+                        "state_store": str(store.path), "master_key": key_at,
+                        "key_id": store.key_id}, out)
         if not store.created:
+            if args.json:
+                return EXIT_OK
             print(f"certgit state already exists in {state_dir}: nothing changed", file=out)
             print(f"  state store  {store.path}", file=out)
             print(f"  master key   {key_at} (key id {store.key_id})", file=out)
@@ -92,6 +98,8 @@ def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
     finally:
         engine.close()
+    if args.json:
+        return EXIT_OK
     print(f"created certgit state in {state_dir} (mode 0700)", file=out)
     print(f"  state store  {store.path}", file=out)
     print(f"  master key   {key_at} (key id {store.key_id})", file=out)
@@ -142,13 +150,14 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         finally:
             engine.close()
     # Warnings do not reject the commit (e.g. a key type a bound Target does not accept).
-    for w in desired.warnings:
+    for w in () if args.json else desired.warnings:
         print(f"{w.path}:{w.line}:{w.column}: warning: {w.message}", file=out)
-    print(
-        f"valid: {len(desired.issuers)} issuers, {len(desired.certificates)} certificates, "
-        f"{len(desired.targets)} targets, {len(desired.policies)} policies",
-        file=out,
-    )
+    if not args.json:
+        print(
+            f"valid: {len(desired.issuers)} issuers, {len(desired.certificates)} certificates, "
+            f"{len(desired.targets)} targets, {len(desired.policies)} policies",
+            file=out,
+        )
     # Durations that outlive an existing local CA: reads CA certificates only, creates nothing.
     from certgit.reconciler.issuance import lifetime_warnings
 
@@ -165,6 +174,17 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         warnings = []  # no usable settings, so no state directory to look in
     for warning in warnings:
         print(warning, file=err)
+    if args.json:
+        _emit_json({
+            "valid": True,
+            "commit": desired.commit,
+            "counts": {"issuers": len(desired.issuers),
+                       "certificates": len(desired.certificates),
+                       "targets": len(desired.targets), "policies": len(desired.policies)},
+            "warnings": [{"file": w.path, "line": w.line, "column": w.column,
+                          "message": w.message} for w in desired.warnings]
+                        + [{"message": str(w)} for w in warnings],
+        }, out)
     return EXIT_OK
 
 
@@ -239,8 +259,13 @@ def cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             try:
                 count = engine.store.verify_audit()
             except AuditChainBroken as exc:
+                if args.json:
+                    raise  # main writes the JSON error object (type AuditChainBroken)
                 print(f"audit log TAMPERED: {exc}", file=err)
                 return EXIT_ERROR
+            if args.json:
+                _emit_json({"intact": True, "entries": count}, out)
+                return EXIT_OK
             noun = "entry" if count == 1 else "entries"
             print(f"audit log intact: {count} {noun} verified", file=out)
             return EXIT_OK
@@ -311,6 +336,9 @@ def cmd_decide(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         engine.close()
     what = f"action {action} of plan {plan_hash[:12]}" if action else f"plan {plan_hash}"
     verb = "approved" if args.command == "approve" else "rejected"
+    if args.json:
+        _emit_json({"decision": verb, "plan_hash": plan_hash, "action_id": action}, out)
+        return EXIT_OK
     print(f"{verb} {what}", file=out)
     if args.command == "approve":
         print("`certgit apply` runs it while the plan stays the same; a changed plan needs a "
@@ -335,6 +363,8 @@ def cmd_rollback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         _warn_degraded(engine, err)
         engine.close()
+    if args.json:
+        return _rollback_json(args, outcome, out)
     for why in outcome.skipped:
         print(f"left alone: {why}", file=out)
     for a in outcome.waiting:
@@ -367,6 +397,30 @@ def cmd_rollback(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _rollback_json(args: argparse.Namespace, outcome: Any, out: TextIO) -> int:
+    """`rollback --json`: 2 waiting for an approval, 1 failed (an error object), 0 done."""
+    from certgit.reconciler.cli_output import dump, error_object
+
+    failed = [t for t in outcome.run.targets if t.error or t.failed]
+    data = {
+        "target": args.target,
+        "plan_hash": outcome.plan_hash,
+        "versions": dict(outcome.versions),
+        "skipped": list(outcome.skipped),
+        "waiting": [a.to_dict() for a in outcome.waiting],
+        "failed": {t.target: t.error or dict(t.failed) for t in failed},
+    }
+    if outcome.waiting:
+        _emit_json({**data, "exit_code": EXIT_CHANGES}, out)
+        return EXIT_CHANGES
+    if failed or not outcome.run.targets:
+        dump(error_object("RollbackFailed", f"rollback on {args.target} failed; the hold "
+                          "stays and a retry is queued", exit_code=EXIT_ERROR, **data), out)
+        return EXIT_ERROR
+    _emit_json({**data, "exit_code": EXIT_OK, "held": True}, out)
+    return EXIT_OK
+
+
 def cmd_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from certgit.reconciler.commands import retry
     from certgit.reconciler.engine import operator_identity
@@ -379,6 +433,10 @@ def cmd_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
     finally:
         engine.close()
+    if args.json:
+        _emit_json({"rearmed": count, "target": args.target,
+                    "certificate": args.certificate}, out)
+        return EXIT_OK
     where = f" on {args.target}" if args.target else ""
     if not count:
         print(f"nothing to retry{where}: no abandoned or waiting action", file=out)
@@ -400,6 +458,10 @@ def cmd_release(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
     finally:
         engine.close()
+    if args.json:
+        _emit_json({"released": count, "target": args.target,
+                    "certificate": args.certificate}, out)
+        return EXIT_OK
     noun = "hold" if count == 1 else "holds"
     print(f"released {count} {noun} on {args.target}; the next apply converges to Git", file=out)
     return EXIT_OK

@@ -73,13 +73,18 @@ def bundled_schema() -> dict[str, Any]:
 
 
 def cmd_schema(args: Any, out: TextIO, err: TextIO) -> int:
+    """The schema on stdout or in --output FILE; with --json wrapped as {"schema": ...}
+    (the schema document itself never gets a format_version key)."""
     text = json.dumps(bundled_schema(), indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
+        if args.json:
+            json.dump({"written": str(args.output)}, out)
+            return 0
         print(f"wrote {args.output}: add `# yaml-language-server: $schema={args.output}` "
               "to your YAML files", file=err)
         return 0
-    out.write(text)
+    out.write(json.dumps({"schema": bundled_schema()}) if args.json else text)
     return 0
 
 
@@ -87,5 +92,6 @@ def cmd_completion(args: Any, out: TextIO, err: TextIO) -> int:
     """argcomplete's registration script; it calls `certgit` back for the words."""
     import argcomplete
 
-    out.write(argcomplete.shellcode(["certgit"], shell=args.shell))
+    script = argcomplete.shellcode(["certgit"], shell=args.shell)
+    out.write(json.dumps({"shell": args.shell, "script": script}) if args.json else script)
     return 0

@@ -100,6 +100,12 @@ def cmd_init_repo(args: Any, out: TextIO, err: TextIO) -> int:
     except FileExistsError as exc:
         print(f"error: {exc}", file=err)
         return 1
+    if getattr(args, "json", False):
+        import json
+
+        json.dump({"directory": str(directory), "created": [str(p) for p in written]}, out)
+        out.write("\n")
+        return 0
     for path in written:
         print(f"  created {path}", file=out)
     print(f"starter desired state in {directory}: check it with `certgit validate "

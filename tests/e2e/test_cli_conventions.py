@@ -177,8 +177,15 @@ def test_every_json_output_carries_format_version(cli, sample_git) -> None:
         r = cli(*argv, "--json")
         assert r.code == 0, (argv, r.err)
         data = _json(r)
-        assert "error" not in data, argv
+        assert "error" not in data and "output" not in data, (argv, data)  # native JSON
     assert isinstance(_json(cli("audit", "show", "--json"))["entries"], list)
+    assert _json(cli("audit", "verify", "--json")) == {
+        "format_version": 1, "intact": True, "entries": 3}  # init, plan recorded x2
+    v = _json(cli("validate", "--json", str(SAMPLE)))
+    assert v["valid"] is True and v["counts"]["certificates"] == 6
+    assert _json(cli("init", "--json"))["created"] is False
+    assert _json(cli("retry", "--json"))["rearmed"] == 0
+    assert "$defs" in _json(cli("schema", "--json"))["schema"]
 
 
 def test_json_timestamps_are_iso_8601() -> None:
@@ -353,6 +360,12 @@ def test_apply_json_reports_targets_and_waiting_actions(cli, sample_git) -> None
     assert all(t["status"] == "deployed" for t in data["targets"])
     assert {a["target"] for a in data["waiting"]} == {"web-1", "web-2"}
     assert {i["certificate"] for i in data["issued"]} >= {"www", "api"}
+    approved = _json(cli("approve", data["plan_hash"], "--reason", "ok", "--json",
+                         "--repo", str(path)))
+    assert approved["decision"] == "approved" and approved["plan_hash"] == data["plan_hash"]
+    done = _json(cli("apply", "--json", "--repo", str(path)))
+    assert done["exit_code"] == 0 and {t["target"] for t in done["targets"]} == {"web-1", "web-2"}
+    assert _json(cli("release", "web-1", "--json"))["released"] == 0
     status = _json(cli("status", "--json", "--repo", str(path), "--target", "staging-1"))
     row = status["bindings"][0]
     assert row["not_after"].endswith("+00:00") and "T" in row["not_after"]
