@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 from importlib.metadata import version
@@ -381,3 +382,28 @@ def test_apply_progress_on_stderr_with_verbose(cli, sample_git) -> None:
     assert "Apply finished" in r.out and "planned" not in r.out
     quiet = cli("apply", "--repo", str(path))
     assert quiet.code == 2 and "planned" not in quiet.err  # not a TTY, no -v: report only
+
+
+def test_tampered_audit_log_is_a_json_error_and_history_times_are_iso(cli, sample_git, tmp_path):
+    import sqlite3
+
+    _, path = sample_git
+    assert cli("apply", "--repo", str(path)).code == 2
+    history = cli("history", "--json")
+    assert history.code == 0
+    text = history.out
+    assert '"format_version": 1' in text
+    assert "+00:00" in text
+    assert not re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", text)  # no `str(datetime)` left
+
+    db = sqlite3.connect(tmp_path / "state" / "state.db")
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        db.execute(f'DROP TRIGGER "{name}"')
+    db.execute(
+        "UPDATE audit_log SET actor = 'mallory' WHERE seq = (SELECT MIN(seq) FROM audit_log)"
+    )
+    db.commit()
+    db.close()
+    bad = cli("audit", "verify", "--json")
+    assert bad.code == 1
+    assert _json(bad)["error"]["type"] == "AuditChainBroken"
