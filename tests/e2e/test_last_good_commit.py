@@ -205,7 +205,9 @@ def test_without_a_last_good_commit_the_problems_are_reported(nginx_lab, tmp_pat
     assert "certs/b.yaml:" in out and "colour" in out
     assert "warning:" not in err and "last good commit" not in err
     code, out, err = _run("status", "--json", *fresh)
-    assert code == EXIT_ERROR and out == ""  # stdout is for JSON only
+    assert code == EXIT_ERROR  # stdout is for JSON only: the error object
+    assert json.loads(out)["error"]["type"] == "ConfigErrors"
+    assert any("colour" in p["message"] for p in json.loads(out)["error"]["problems"])
     assert "colour" in err
     code, out, err = _run("apply", *fresh)
     assert code == EXIT_ERROR and "colour" in out
