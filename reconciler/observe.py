@@ -98,9 +98,9 @@ def observe(
                 why = f"{type(error).__name__}: {error}"
             else:
                 why = f"observation timed out after {timeout:g}s"
-            for cert, _overrides, _paths in job.bindings:
-                out[(cert, job.target.name)] = LiveObservation(
-                    cert, job.target.name, None, now, error=why
+            for cert_name, _overrides, _paths in job.bindings:
+                out[(cert_name, job.target.name)] = LiveObservation(
+                    cert_name, job.target.name, None, now, error=why
                 )
     finally:
         # A hung target must not hold the command: its thread is left to finish alone.

@@ -28,7 +28,7 @@ treats the name as an opaque string.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -113,7 +113,7 @@ class _Files(NamedTuple):
 class _TargetFiles:
     """The files one Target's connector writes per binding, memoised per overrides."""
 
-    def __init__(self, target: Target, connector: Any, owners: dict[str, _Binding]) -> None:
+    def __init__(self, target: Target, connector: Any, owners: dict[str, Binding]) -> None:
         from certgit.connectors.model import TargetSpec
         from certgit.connectors.sdk.base import FileConnector
 
@@ -210,7 +210,7 @@ class _Binding(NamedTuple):
     """One deployTo entry, recorded once however many files it writes."""
 
     entry: FileEntry
-    index: int
+    doc_index: int  # not `index`: that would shadow tuple.index
     certificate: str
     target: _TargetFiles
     position: int  # in deployTo
@@ -240,7 +240,7 @@ def _overrides_key(overrides: Mapping[str, Any]) -> str:
 
 
 def check_bindings(
-    located: list[tuple[FileEntry, Located]],
+    located: Sequence[tuple[FileEntry, Located]],
     connector_types: Collection[str],
     positions: Positions,
     failed: set[str],
@@ -250,7 +250,7 @@ def check_bindings(
     `failed` collects connector types that would not load (the caller may keep
     it for the loader's lifetime so they are not retried on every binding).
     """
-    hosts: dict[tuple[str, str], dict[str, _Binding]] = {}
+    hosts: dict[tuple[str, str], dict[str, Binding]] = {}
     targets: dict[str, _TargetFiles | None] = {}
     for _entry, doc in located:
         model = doc.model
@@ -318,7 +318,7 @@ def check_bindings(
 
 
 def _context(
-    located: list[tuple[FileEntry, Located]],
+    located: Sequence[tuple[FileEntry, Located]],
     targets: Mapping[str, _TargetFiles | None],
     wanted: set[int],
 ) -> dict[int, _Binding]:
@@ -381,8 +381,8 @@ def _clash(later: _Binding, first: _Binding, path: str, positions: Positions) ->
     elif "files" in first.where(first_role) and "files" not in later.where(later_role):
         later, first, later_role, first_role = first, later, first_role, later_role
     where = later.where(later_role)
-    line, column = positions.at(later.entry, later.index, where)
-    first_line, first_column = positions.at(first.entry, first.index, first.where(first_role))
+    line, column = positions.at(later.entry, later.doc_index, where)
+    first_line, first_column = positions.at(first.entry, first.doc_index, first.where(first_role))
     at = f"{first.entry.path}:{first_line}:{first_column}"
     field = ".".join(str(p) for p in where[3:])
     prefix = f'Certificate "{later.certificate}": spec.deployTo[{later.position}].{field}: '

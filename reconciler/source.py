@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path, PurePosixPath
+from typing import cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pygit2
@@ -401,7 +402,7 @@ class _Walker:
                     continue
                 if entry.type_str == "tree":
                     # Iterating a tree yields its subtrees as Tree objects: no lookup by id.
-                    found.extend(self.walk(entry, f"{prefix}{name}/"))
+                    found.extend(self.walk(cast(pygit2.Tree, entry), f"{prefix}{name}/"))
                 # The name test first: reading filemode builds an enum, slow over 10k entries.
                 elif name.endswith(YAML_SUFFIXES) and entry.filemode in _FILE_MODES:
                     oid = entry.id
@@ -415,7 +416,7 @@ class _Walker:
 def _read_blob(repo: pygit2.Repository, oid: pygit2.Oid, path: str) -> bytes:
     """The bytes of one blob, read from the mirror by id (only on a parse-cache miss)."""
     try:
-        return repo[oid].data
+        return cast(pygit2.Blob, repo[oid]).data  # a YAML entry's id names a blob
     except (pygit2.GitError, KeyError, OSError) as exc:
         raise SourceError(
             f"blob {oid} of {path} is missing from the Git mirror ({exc}); "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from ruamel.yaml import YAML
@@ -28,6 +28,13 @@ MAX_NODES = 100_000
 
 PathElement = str | int
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Mark(Protocol):
+    """What we read of a PyYAML mark (the pure-Python and the libyaml one alike)."""
+
+    line: int
+    column: int
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ class _Loader(_SafeLoader):  # type: ignore[misc,valid-type]
                     key_node.start_mark,
                 )
             seen[marker] = key_node
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_yaml(data: bytes, path: str) -> ParsedFile:
@@ -189,7 +196,12 @@ def _count_nodes(root: Any) -> int:
 
 
 def _events(text: str) -> Iterator[yaml.Event]:
-    return yaml.parse(text, Loader=_SafeLoader)  # type: ignore[no-any-return]
+    return yaml.parse(text, Loader=_SafeLoader)
+
+
+def _mark_position(mark: _Mark | None) -> tuple[int, int]:
+    """1-based (line, column) of a parser mark (PyYAML's parser sets one on every event)."""
+    return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
 
 
 def _check_aliases(text: str, path: str) -> Problem | None:
@@ -214,16 +226,14 @@ def _check_aliases(text: str, path: str) -> Problem | None:
                 if aliases > MAX_ALIASES:
                     return Problem(
                         path,
-                        mark.line + 1,
-                        mark.column + 1,
+                        *_mark_position(mark),
                         f"more than {MAX_ALIASES} alias uses in one file: write the values out "
                         "or split the file",
                     )
                 if event.anchor in open_anchors:
                     return Problem(
                         path,
-                        mark.line + 1,
-                        mark.column + 1,
+                        *_mark_position(mark),
                         f'recursive alias "*{event.anchor}": an anchor cannot contain itself',
                     )
                 size = sizes.get(event.anchor or "", 1)
@@ -250,8 +260,7 @@ def _check_aliases(text: str, path: str) -> Problem | None:
             if expanded > MAX_NODES:
                 return Problem(
                     path,
-                    mark.line + 1,
-                    mark.column + 1,
+                    *_mark_position(mark),
                     f"file has more than {MAX_NODES} YAML nodes once aliases are expanded "
                     "(an alias bomb?): "
                     "write the values out or split the file",
@@ -270,7 +279,7 @@ def document_roots(text: str) -> list[tuple[int, int]]:
             if isinstance(event, yaml.DocumentStartEvent):
                 expect_root = True
             elif expect_root and isinstance(event, yaml.NodeEvent):
-                roots.append((event.start_mark.line + 1, event.start_mark.column + 1))
+                roots.append(_mark_position(event.start_mark))
                 expect_root = False
     except yaml.YAMLError:
         pass

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import Any, cast
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match, relevance
@@ -307,7 +307,7 @@ def validate_document(doc: Any) -> list[SchemaViolation]:
             )
         )
         return violations
-    prefix = _prefix(kind, doc)
+    prefix = _prefix(cast(str, kind), doc)  # a validator was found, so kind is a str
     for error in validator.iter_errors(doc):
         for violation in _explain(error, doc, prefix):
             if violation.path == ("apiVersion",):
@@ -407,7 +407,8 @@ def _explain(error: ValidationError, doc: Any, prefix: str) -> list[SchemaViolat
     where = _dotted(path)
     label = f"{where}: " if where else ""
     keyword = error.validator
-    value = error.instance
+    rule: Any = error.validator_value  # the keyword's value in the schema; set on every error
+    value: Any = error.instance  # the checked part of the document; set on every error
     schema = error.schema if isinstance(error.schema, dict) else {}
 
     if keyword == "additionalProperties" and isinstance(value, dict):
@@ -424,20 +425,19 @@ def _explain(error: ValidationError, doc: Any, prefix: str) -> list[SchemaViolat
             for extra in extras
         ]
     if keyword == "required":
-        missing = [f for f in error.validator_value if f not in value]
+        missing = [f for f in rule if f not in value]
         container = where or "the document"
         return [
             SchemaViolation(path, True, f'{prefix}missing required field "{field}" in {container}')
             for field in missing
         ]
     if keyword == "type":
-        expected = error.validator_value
-        wanted = " or ".join(
-            _TYPE_WORDS.get(t, t) for t in (expected if isinstance(expected, list) else [expected])
-        )
+        expected = rule
+        types = expected if isinstance(expected, list) else [expected]
+        wanted = " or ".join(str(_TYPE_WORDS.get(t, t)) for t in types)
         return [_at(path, f"{prefix}{label}expected {wanted}, got {_type_of(value)}")]
     if keyword in ("enum", "const"):
-        options = error.validator_value if keyword == "enum" else [error.validator_value]
+        options = rule if keyword == "enum" else [rule]
         shown = ", ".join(_show(o) for o in options)
         context = _key_context(path, doc)
         return [
@@ -447,9 +447,9 @@ def _explain(error: ValidationError, doc: Any, prefix: str) -> list[SchemaViolat
                 f"got {_show(value)}" + _did_you_mean(value, options),
             )
         ]
-    if keyword == "not" and isinstance(error.validator_value, dict):
+    if keyword == "not" and isinstance(rule, dict):
         # `not: {required: [x]}`: field x is forbidden in this context
-        forbidden = error.validator_value.get("required", [])
+        forbidden = rule.get("required", [])
         if forbidden and isinstance(value, dict):
             field = forbidden[0]
             reason = " for Ed25519 keys" if path[-1:] == ("key",) else " here"
@@ -461,7 +461,7 @@ def _explain(error: ValidationError, doc: Any, prefix: str) -> list[SchemaViolat
                 )
             ]
     if keyword == "pattern":
-        expected = schema.get("x-expected", f"a value matching {error.validator_value}")
+        expected = schema.get("x-expected", f"a value matching {rule}")
         return [_at(path, f"{prefix}{label}{_show(value)} is not {expected}")]
     if keyword in ("minProperties", "maxProperties") and "env" in schema.get("properties", {}):
         return [_at(path, f"{prefix}{label}give exactly one of env or file, e.g. {{env: NAME}}")]
@@ -470,11 +470,11 @@ def _explain(error: ValidationError, doc: Any, prefix: str) -> list[SchemaViolat
     if keyword in ("minLength", "minItems"):
         return [_at(path, f"{prefix}{label}must not be empty")]
     if keyword in ("maxLength", "maxItems"):
-        return [_at(path, f"{prefix}{label}is too long (at most {error.validator_value})")]
+        return [_at(path, f"{prefix}{label}is too long (at most {rule})")]
     if keyword == "minimum":
-        return [_at(path, f"{prefix}{label}must be at least {error.validator_value}, got {value}")]
+        return [_at(path, f"{prefix}{label}must be at least {rule}, got {value}")]
     if keyword == "maximum":
-        return [_at(path, f"{prefix}{label}must be at most {error.validator_value}, got {value}")]
+        return [_at(path, f"{prefix}{label}must be at most {rule}, got {value}")]
     return [_at(path, f"{prefix}{label}{error.message}")]
 
 

@@ -82,7 +82,7 @@ def load_connector(name: str) -> Connector:
             f"{values[0]} names itself {getattr(connector, 'name', None)!r}; "
             "the entry-point name and the connector's `name` must agree",
         )
-    return connector  # type: ignore[no-any-return]
+    return connector
 
 
 def sandbox_for(connector: Connector, target: TargetSpec) -> Sandbox:

@@ -186,7 +186,7 @@ class LocalCA:
             self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
         except x509.ExtensionNotFound:
             self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                private_key.public_key()  # type: ignore[arg-type]
+                private_key.public_key()
             )
 
     # ----------------------------------------------------------------- loading
@@ -330,7 +330,7 @@ class LocalCA:
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self._cert.subject)
-            .public_key(public_key)  # type: ignore[arg-type]
+            .public_key(public_key)
             .serial_number(_new_serial())
             .not_valid_before(not_before)
             .not_valid_after(not_after)
@@ -360,7 +360,7 @@ class LocalCA:
                 critical=False,
             )
             .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(public_key),  # type: ignore[arg-type]
+                x509.SubjectKeyIdentifier.from_public_key(public_key),
                 critical=False,
             )
             .add_extension(self._aki, critical=False)
