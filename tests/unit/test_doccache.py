@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from certgit.reconciler.store import doccache
 from certgit.reconciler.desired import DesiredLoader, directory_entries
-from certgit.reconciler.store.doccache import DocumentCache
 from certgit.reconciler.model import FileEntry
+from certgit.reconciler.store import doccache
+from certgit.reconciler.store.doccache import DocumentCache
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample-repo"
 
