@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 from certgit.reconciler.errors import StoreError, StoreLocked
 from certgit.reconciler.model import CertificateVersion, RecordedState
 from certgit.reconciler.sealing import ENV_KEY
+from certgit.reconciler.statedir import StateDir, make_private_dir, publish_private_file
 from certgit.reconciler.store import Decision, JobState, Store, latest_version
 from certgit.reconciler.store.migrate import available_migrations, split_statements
 
@@ -643,3 +644,33 @@ def test_repositories_share_one_connection(store: Store) -> None:
         store.add_approval("h9", None, decision="maybe", actor="a", reason="r", at=NOW)
     store.add_approval("h9", "a3", decision=Decision.APPROVE, actor="a", reason="r", at=NOW)
     assert store.approvals("h9")[0]["decision"] == "approve"
+
+
+def test_state_dir_names_every_path(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "s")
+    assert state.db == tmp_path / "s" / "state.db"
+    assert state.master_key == tmp_path / "s" / "master.key"
+    assert state.ca("lab") == tmp_path / "s" / "ca" / "lab"
+    assert state.mirror("ab12") == tmp_path / "s" / "git" / "ab12.git"
+    assert state.documents_db == tmp_path / "s" / "cache" / "documents.db"
+    assert state.work_dir("web") == tmp_path / "s" / "work" / "web"
+    with Store.open(state.root, master_key=KEY_A) as s:
+        assert s.path == state.db
+
+
+def test_private_dir_and_file_helpers_ignore_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        assert make_private_dir(tmp_path / "a" / "b", parents=True) is True
+        assert _mode(tmp_path / "a" / "b") == 0o700
+        assert make_private_dir(tmp_path / "a" / "b") is False  # already there
+        os.umask(0o277)
+        path = tmp_path / "a" / "b" / "secret"
+        publish_private_file(path, b"key", 0o600)
+        assert path.read_bytes() == b"key" and _mode(path) == 0o600
+        with pytest.raises(FileExistsError):
+            publish_private_file(path, b"other")
+        assert path.read_bytes() == b"key"  # never clobbered
+        assert sorted(p.name for p in path.parent.iterdir()) == ["secret"]  # no temp left
+    finally:
+        os.umask(old)
