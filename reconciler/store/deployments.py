@@ -217,19 +217,29 @@ class Deployments:
         grouped: dict[str, list[CertificateVersion]] = {}
         for row in version_rows:
             grouped.setdefault(row[0], []).append(version_from_row(row))
-        # Column order matches the dataclasses' field order.
         deployments = {
             (r[0], r[1]): Deployment(
-                *r[:4],
-                parse_time(r[4]),
-                *r[5:8],
+                certificate=r[0],
+                target=r[1],
+                fingerprint=r[2],
+                version=r[3],
+                updated_at=parse_time(r[4]),
+                last_error=r[5],
+                attempts=r[6],
+                last_attempt_fingerprint=r[7],
                 files=_files(r[8]),
                 config_hash=r[9],
                 config_json=r[10],
             )
             for r in deployment_rows
         }
-        holds = tuple(Hold(*r[:5], parse_time(r[5])) for r in hold_rows)
+        holds = tuple(
+            Hold(
+                target=r[0], certificate=r[1], fingerprint=r[2], reason=r[3], created_by=r[4],
+                created_at=parse_time(r[5]),
+            )
+            for r in hold_rows
+        )
         return RecordedState(
             versions={name: tuple(vs) for name, vs in grouped.items()},
             deployments=deployments,

@@ -92,7 +92,13 @@ def read(
         sql += " WHERE " + " AND ".join(where)
     rows = conn.execute(sql + " ORDER BY id", params).fetchall()
     return [
-        HistoryEntry(*row[:12], deployed_at=datetime.fromisoformat(row[12])) for row in rows
+        HistoryEntry(
+            id=r[0], certificate=r[1], target=r[2], version=r[3], fingerprint=r[4],
+            replaced_version=r[5], replaced_fingerprint=r[6], kind=r[7], actor=r[8],
+            commit=r[9], plan_hash=r[10], action_id=r[11],
+            deployed_at=datetime.fromisoformat(r[12]),
+        )
+        for r in rows
     ]
 
 
