@@ -421,21 +421,27 @@ def _rollback_json(args: argparse.Namespace, outcome: Any, out: TextIO) -> int:
     return EXIT_OK
 
 
-def cmd_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from certgit.reconciler.commands import retry
+def _on_target(args: argparse.Namespace, name: str) -> int:
+    """Run `commands.retry` or `commands.release` on TARGET (and --certificate) as the
+    operator, with --reason (default: the command's name); returns how many it touched."""
+    from certgit.reconciler import commands
     from certgit.reconciler.engine import operator_identity
 
     engine = _engine(args, create=False)  # acts on existing state: a typo creates nothing
     try:
-        count = retry(
+        count: int = getattr(commands, name)(
             engine, args.target, certificate=args.certificate,
-            actor=operator_identity(args.actor), reason=args.reason or "retry",
+            actor=operator_identity(args.actor), reason=args.reason or name,
         )
     finally:
         engine.close()
+    return count
+
+
+def cmd_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    count = _on_target(args, "retry")
     if args.json:
-        _emit_json({"rearmed": count, "target": args.target,
-                    "certificate": args.certificate}, out)
+        _emit_json({"rearmed": count, "target": args.target, "certificate": args.certificate}, out)
         return EXIT_OK
     where = f" on {args.target}" if args.target else ""
     if not count:
@@ -447,20 +453,10 @@ def cmd_retry(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_release(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from certgit.reconciler.commands import release
-    from certgit.reconciler.engine import operator_identity
-
-    engine = _engine(args, create=False)  # acts on existing state: a typo creates nothing
-    try:
-        count = release(
-            engine, args.target, certificate=args.certificate,
-            actor=operator_identity(args.actor), reason=args.reason or "release",
-        )
-    finally:
-        engine.close()
+    count = _on_target(args, "release")
     if args.json:
-        _emit_json({"released": count, "target": args.target,
-                    "certificate": args.certificate}, out)
+        _emit_json({"released": count, "target": args.target, "certificate": args.certificate},
+                   out)
         return EXIT_OK
     noun = "hold" if count == 1 else "holds"
     print(f"released {count} {noun} on {args.target}; the next apply converges to Git", file=out)
