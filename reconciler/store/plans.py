@@ -51,7 +51,10 @@ class Plans:
         """Persist a plan (idempotent on its hash) and return its id.
 
         With ``enqueue`` the plan's non-gated actions become PENDING outbox rows in
-        the same transaction (the outbox pattern, `Outbox.enqueue`).
+        the same transaction (the outbox pattern, `Outbox.enqueue`); re-enqueueing
+        is a no-op. An action that is ABANDONED under another plan stays abandoned
+        (until `certgit retry`): a re-plan must not reset its attempts. `origin` is
+        'git' for plans of the desired state, 'operator' for rollbacks.
         """
         stamp = db_timestamp(at)
         with self._db.transaction() as conn:

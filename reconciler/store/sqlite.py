@@ -12,16 +12,16 @@ thread that opened it.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
-from certgit.reconciler.model import CertificateVersion, RecordedState
 from certgit.reconciler.sealing import Sealer
 from certgit.reconciler.store.audit import AuditLog, Subject
 from certgit.reconciler.store.connection import (
@@ -36,12 +36,32 @@ from certgit.reconciler.store.deployments import (
     Deployments,
     SourceState,
 )
-from certgit.reconciler.store.history import HistoryEntry
 from certgit.reconciler.store.outbox import Outbox
 from certgit.reconciler.store.plans import Plans
 from certgit.reconciler.store.versions import Versions
 
 __all__ = ["DB_FILE_NAME", "LAST_APPLIED_COMMIT", "LAST_SEEN_COMMIT", "Store", "db_timestamp"]
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _delegate(repository: str, method: Callable[Concatenate[Any, P], R]) -> Callable[
+    Concatenate[Store, P], R
+]:
+    """A `Store` method that calls `method` on the store's `repository` attribute.
+
+    The facade keeps every public name of the old single-class store while each
+    body lives once, in its repository; `functools.wraps` carries the repository
+    method's docstring and signature (for help() and inspect), ParamSpec its types.
+    """
+
+    @functools.wraps(method)
+    def call(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return method(getattr(self, repository), *args, **kwargs)
+
+    return call
 
 
 class Store:
@@ -122,174 +142,34 @@ class Store:
         with self._db.transaction(write=write) as conn:
             yield conn
 
-    # ------------------------------------------------------------------ versions
+    # ------------------------------------------------------------------ repositories
+    # Each of these is the repository method of the same purpose (its signature and
+    # docstring), called on this store's repository: see `_delegate`.
 
-    def add_version(
-        self,
-        certificate: str,
-        *,
-        cert_pem: bytes,
-        chain_pem: bytes,
-        key_pem: bytes,
-        spec_hash: str,
-        issued_at: datetime,
-        spec: Mapping[str, Any] | None = None,
-    ) -> CertificateVersion:
-        """Record a newly issued certificate as the next version; the key is sealed.
+    add_version = _delegate("versions_repo", Versions.add)
+    version_material = _delegate("versions_repo", Versions.material)
+    version_certificate = _delegate("versions_repo", Versions.certificate)
+    versions = _delegate("versions_repo", Versions.of)
+    retire_version = _delegate("versions_repo", Versions.retire)
 
-        `spec` is what it was issued from (Certificate.issued_spec()), kept for field diffs.
-        """
-        return self.versions_repo.add(
-            certificate, cert_pem=cert_pem, chain_pem=chain_pem, key_pem=key_pem,
-            spec_hash=spec_hash, issued_at=issued_at, spec=spec,
-        )
+    record_deployment = _delegate("deployments", Deployments.record)
+    remove_deployment = _delegate("deployments", Deployments.remove)
+    deploy_history = _delegate("deployments", Deployments.history)
+    add_hold = _delegate("deployments", Deployments.add_hold)
+    release_hold = _delegate("deployments", Deployments.release_hold)
+    recorded_state = _delegate("deployments", Deployments.recorded_state)
 
-    def version_material(self, certificate: str, version: int) -> tuple[bytes, bytes, bytes]:
-        """(cert_pem, chain_pem, key_pem) of one version, the key decrypted."""
-        return self.versions_repo.material(certificate, version)
+    save_plan = _delegate("plans", Plans.save)
+    enqueue_actions = _delegate("plans", Plans.enqueue_actions)
+    get_plan = _delegate("plans", Plans.get)
+    latest_plan = _delegate("plans", Plans.latest)
+    plan_hashes = _delegate("plans", Plans.hashes)
+    add_approval = _delegate("plans", Plans.add_approval)
+    approvals = _delegate("plans", Plans.approvals)
+    outbox_rows = _delegate("outbox", Outbox.rows)
 
-    def version_certificate(self, certificate: str, version: int) -> bytes | None:
-        """The leaf PEM of one version (public; the key stays sealed), or None."""
-        return self.versions_repo.certificate(certificate, version)
-
-    def versions(
-        self, certificate: str, *, include_retired: bool = False
-    ) -> list[CertificateVersion]:
-        """Every recorded version of one certificate, oldest first."""
-        return self.versions_repo.of(certificate, include_retired=include_retired)
-
-    def retire_version(self, certificate: str, version: int, at: datetime) -> bool:
-        """Mark a version retired (kept, but no longer offered); False if unknown."""
-        return self.versions_repo.retire(certificate, version, at)
-
-    # ------------------------------------------------------------------ deployments
-
-    def record_deployment(
-        self,
-        certificate: str,
-        target: str,
-        *,
-        fingerprint: str | None,
-        version: int | None,
-        at: datetime,
-        error: str | None = None,
-        files: Sequence[tuple[str, str, str]] | None = None,
-        config: tuple[str, str] | None = None,
-        history: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Record a deploy attempt (`Deployments.record`)."""
-        self.deployments.record(
-            certificate, target, fingerprint=fingerprint, version=version, at=at, error=error,
-            files=files, config=config, history=history,
-        )
-
-    def remove_deployment(
-        self,
-        certificate: str,
-        target: str,
-        *,
-        at: datetime | None = None,
-        history: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Forget a binding's deployment (after a successful remove action)."""
-        self.deployments.remove(certificate, target, at=at, history=history)
-
-    def deploy_history(
-        self, target: str | None = None, certificate: str | None = None
-    ) -> list[HistoryEntry]:
-        """Versions that went live per (certificate, target), oldest first."""
-        return self.deployments.history(target, certificate)
-
-    def add_hold(
-        self,
-        target: str,
-        certificate: str | None,
-        fingerprint: str | None,
-        reason: str,
-        created_by: str,
-        at: datetime,
-    ) -> None:
-        """Pin a binding (or a whole target when certificate is None); replaces an older pin."""
-        self.deployments.add_hold(target, certificate, fingerprint, reason, created_by, at)
-
-    def release_hold(self, target: str, certificate: str | None = None) -> int:
-        """Release one binding's hold, or every hold of the target; return how many."""
-        return self.deployments.release_hold(target, certificate)
-
-    def recorded_state(self) -> RecordedState:
-        """Everything the planner needs, from one snapshot; one query per table, no blobs."""
-        return self.deployments.recorded_state()
-
-    # ------------------------------------------------------------------ plans
-
-    def save_plan(
-        self,
-        plan_hash: str,
-        commit: str | None,
-        actions: Sequence[Mapping[str, Any]],
-        at: datetime,
-        *,
-        enqueue: bool = False,
-        origin: str = "git",
-    ) -> int:
-        """Persist a plan (idempotent on its hash) and return its id.
-
-        With ``enqueue`` the plan's non-gated actions become PENDING outbox rows in
-        the same transaction (the outbox pattern); re-enqueueing is a no-op. An
-        action that is ABANDONED under another plan stays abandoned (until
-        `certgit retry`): a re-plan must not reset its attempts. `origin` is 'git'
-        for plans of the desired state, 'operator' for rollbacks.
-        """
-        return self.plans.save(plan_hash, commit, actions, at, enqueue=enqueue, origin=origin)
-
-    def enqueue_actions(self, plan_hash: str, action_ids: Sequence[str], at: datetime) -> int:
-        """Enqueue saved actions of a plan (e.g. gated ones once approved); return rows added."""
-        return self.plans.enqueue_actions(plan_hash, action_ids, at)
-
-    def get_plan(self, plan_hash: str) -> dict[str, Any] | None:
-        """The saved plan: id, hash, commit, created_at, actions (as saved); None if unknown."""
-        return self.plans.get(plan_hash)
-
-    def latest_plan(self, origin: str | None = None) -> dict[str, Any] | None:
-        """The most recently saved plan (of one origin: 'git' or 'operator'), or None."""
-        return self.plans.latest(origin)
-
-    def plan_hashes(self, prefix: str) -> list[str]:
-        """Saved plan hashes starting with `prefix`, newest first."""
-        return self.plans.hashes(prefix)
-
-    def outbox_rows(self, plan_hash: str | None = None) -> list[dict[str, Any]]:
-        """Outbox messages (all, or one plan's), oldest first; a read-model for status views."""
-        return self.outbox.rows(plan_hash)
-
-    def add_approval(
-        self,
-        plan_hash: str,
-        action_id: str | None,
-        *,
-        decision: str,
-        actor: str,
-        reason: str,
-        at: datetime,
-    ) -> None:
-        """Record a `Decision` on a whole plan (action_id None) or on one action."""
-        self.plans.add_approval(
-            plan_hash, action_id, decision=decision, actor=actor, reason=reason, at=at
-        )
-
-    def approvals(self, plan_hash: str) -> list[dict[str, Any]]:
-        """Every decision on one plan, oldest first."""
-        return self.plans.approvals(plan_hash)
-
-    # ------------------------------------------------------------------ source state
-
-    def get_source_state(self, key: str) -> str | None:
-        """A value of the Git source's bookkeeping (e.g. last_applied_commit), or None."""
-        return self.source_state.get(key)
-
-    def set_source_state(self, key: str, value: str) -> None:
-        """Set one source bookkeeping value."""
-        self.source_state.set(key, value)
+    get_source_state = _delegate("source_state", SourceState.get)
+    set_source_state = _delegate("source_state", SourceState.set)
 
     @property
     def last_applied_commit(self) -> str | None:

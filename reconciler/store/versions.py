@@ -79,7 +79,10 @@ class Versions:
         issued_at: datetime,
         spec: Mapping[str, Any] | None = None,
     ) -> CertificateVersion:
-        """Record a newly issued certificate as the next version; the key is sealed."""
+        """Record a newly issued certificate as the next version; the key is sealed.
+
+        `spec` is what it was issued from (Certificate.issued_spec()), kept for field diffs.
+        """
         try:
             leaf = x509.load_pem_x509_certificate(cert_pem)
         except ValueError:
