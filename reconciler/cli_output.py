@@ -126,13 +126,13 @@ def _as_json(command: str, code: int, text: str, err_text: str) -> dict[str, Any
     stripped = text.strip()
     if stripped.startswith(("{", "[")):
         try:
-            data = json.loads(stripped)
+            parsed = json.loads(stripped)
         except ValueError:
-            data = None
-        if isinstance(data, dict):
-            return dict(sorted(data.items()))
-        if isinstance(data, list):
-            return {"items": data}
+            parsed = None
+        if isinstance(parsed, dict):
+            return dict(sorted(parsed.items()))
+        if isinstance(parsed, list):
+            return {"items": parsed}
     problems, warnings = _positioned(_lines(text) + _lines(err_text))
     if code == EXIT_ERROR:
         messages = [m for m in _lines(err_text) if not _PROBLEM.match(m)]

@@ -42,7 +42,7 @@ class CertgitArgumentParser(argparse.ArgumentParser):
         raise UsageError(message, self.format_usage())
 
 
-def _global_flags(suppress: bool) -> argparse.ArgumentParser:
+def _global_flags(suppress: bool) -> CertgitArgumentParser:
     """Flags every command takes, before or after the subcommand.
 
     The top-level parser holds the real defaults; each subparser's copy uses
@@ -82,7 +82,7 @@ def _global_flags(suppress: bool) -> argparse.ArgumentParser:
     return common
 
 
-def _source_flags() -> argparse.ArgumentParser:
+def _source_flags() -> CertgitArgumentParser:
     return _global_flags(suppress=True)
 
 
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a directory to validate (default: the configured repository at --ref)",
     )
 
-    refresh = argparse.ArgumentParser(add_help=False)
+    refresh = CertgitArgumentParser(add_help=False)
     refresh.add_argument(
         "--refresh",
         choices=("true", "false"),

@@ -43,7 +43,9 @@ def when(at: datetime | None) -> str:
     return "-" if at is None else at.strftime("%Y-%m-%d %H:%MZ")
 
 
-def attention_lines(plan: Plan, *, skip: set[tuple[str, str]] | None = None) -> list[str]:
+def attention_lines(
+    plan: Plan, *, skip: set[tuple[str, str | None]] | None = None
+) -> list[str]:
     """One line per binding that is not in sync (and has no action listed), most urgent first."""
     skip = skip or set()
     lines = []
@@ -110,6 +112,8 @@ def render_apply(outcome: ApplyOutcome) -> str:
         lines.append(IN_SYNC)
     for issued in run.issued:
         v = issued.version
+        if v is None:  # nothing was needed: not listed as issued
+            continue
         reused = " (key reused)" if issued.key_reused else ""
         lines.append(f"  + issued   {issued.certificate} v{v.version} {v.fingerprint[:16]}{reused}")
     for cert, error in sorted(run.issue_errors.items()):
