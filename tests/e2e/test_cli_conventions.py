@@ -407,3 +407,33 @@ def test_tampered_audit_log_is_a_json_error_and_history_times_are_iso(cli, sampl
     bad = cli("audit", "verify", "--json")
     assert bad.code == 1
     assert _json(bad)["error"]["type"] == "AuditChainBroken"
+
+
+def test_check_jsonschema_validates_the_sample_repo_offline(cli, tmp_path) -> None:
+    """The acceptance tool: check-jsonschema reads one document per file, so the sample
+    repo's multi-document files are split first; no network (a dead proxy)."""
+    import os
+    import shutil
+
+    pytest.importorskip("check_jsonschema")
+    exe = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent))
+    assert exe, "check-jsonschema is installed but its script is missing"
+    schema = tmp_path / "certgit.schema.json"
+    assert cli("schema", "--output", str(schema)).code == 0
+    files = []
+    for i, (p, doc) in enumerate(_documents(SAMPLE)):
+        one = tmp_path / "docs" / f"{i:02d}-{p.stem}.yaml"
+        one.parent.mkdir(exist_ok=True)
+        one.write_text(yaml.safe_dump(doc))
+        files.append(str(one))
+    dead = "http://127.0.0.1:9"
+    env = {**os.environ, "http_proxy": dead, "https_proxy": dead, "HTTPS_PROXY": dead}
+    r = subprocess.run([exe, "--schemafile", str(schema), *files], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    bad = tmp_path / "docs" / "bad.yaml"
+    bad.write_text("apiVersion: certgit.dev/v1\nkind: Target\nmetadata: {name: x}\n"
+                   "spec: {type: files, setings: {}}\n")
+    r = subprocess.run([exe, "--schemafile", str(schema), str(bad)], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
