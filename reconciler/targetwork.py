@@ -26,7 +26,7 @@ from certgit.reconciler.store import Store
 from certgit.reconciler.targets import binding_overrides
 
 if TYPE_CHECKING:
-    from certgit.reconciler.executor import TargetJob
+    from certgit.reconciler.jobs import TargetJob
 
 LOCK_FILE = "executor.lock"
 
