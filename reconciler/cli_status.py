@@ -126,26 +126,26 @@ def render_status_text(rows: list[StatusRow], wide: bool) -> str:
 
 
 def print_status_rich(rows: list[StatusRow], wide: bool, console: Any) -> None:
-    from rich.table import Table
+    """The plain table, coloured: a bold header, each drift kind in its colour, days
+    left yellow under 14 and red when past. Same columns and alignment as without a
+    terminal (no column is dropped or folded on a narrow one: lines run long, as
+    `kubectl get -o wide` does)."""
+    from rich.text import Text
 
-    t = Table(box=None, header_style="bold", pad_edge=False)
-    for h in [*HEADERS, "FILES"] if wide else HEADERS:
-        # Names, versions, dates and kinds stay on one line; SANs, reasons, files wrap.
-        wraps = h in ("SANS", "REASON", "FILES")
-        t.add_column(h, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis",
-                     min_width=12 if wraps else None)
-    for row in rows:
-        cells = _cells(row, wide)
-        cells[7] = ", ".join(row.sans) or "-"  # wraps between names on a terminal
-        if wide:
-            cells[10] = "\n".join(row.files) or "-"
-        drift = cells[8]
-        cells[8] = f"[{DRIFT_STYLE.get(drift, '')}]{drift}[/]" if DRIFT_STYLE.get(drift) else drift
-        days = row.days_left
-        if days is not None and days < 14:
-            cells[5] = f"[{'bold red' if days < 0 else 'yellow'}]{days}[/]"
-        t.add_row(*cells)
-    console.print(t)
+    lines = render_status_text(rows, wide).splitlines()
+    if not lines:
+        return
+    header = lines[0]
+    drift_at, days_at = header.index("DRIFT"), header.index("DAYS LEFT")
+    console.print(Text(header, style="bold"), crop=False, soft_wrap=True)
+    for row, line in zip(rows, lines[1:], strict=True):
+        text = Text(line)
+        drift = str(row.binding.drift)
+        text.stylize(DRIFT_STYLE.get(drift, ""), drift_at, drift_at + len(drift))
+        if row.days_left is not None and row.days_left < 14:
+            style = "bold red" if row.days_left < 0 else "yellow"
+            text.stylize(style, days_at, days_at + len(str(row.days_left)))
+        console.print(text, crop=False, soft_wrap=True)
 
 
 def cmd_status(args: Any, out: TextIO, err: TextIO) -> int:

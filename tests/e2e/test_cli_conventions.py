@@ -437,3 +437,15 @@ def test_check_jsonschema_validates_the_sample_repo_offline(cli, tmp_path) -> No
     r = subprocess.run([exe, "--schemafile", str(schema), str(bad)], capture_output=True,
                        text=True, timeout=120, env=env)
     assert r.returncode == 1, r.stdout + r.stderr
+
+
+def test_status_on_a_tty_is_a_rich_table(cli, sample_git, monkeypatch) -> None:
+    _, path = sample_git
+    assert cli("init").code == 0
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    tty = _Tty()
+    assert main(["status", "--repo", str(path), "--wide"], tty, io.StringIO()) == 0
+    text = tty.getvalue()
+    assert "\x1b[" in text and "CERTIFICATE" in text and "FILES" in text
+    # Colour only: without the escape sequences it is the plain table, byte for byte.
+    assert re.sub(r"\x1b\[[0-9;]*m", "", text) == cli("status", "--repo", str(path), "--wide").out
