@@ -142,11 +142,9 @@ class Issuance:
         ca = self._ca(desired, cert.issuer_ref, now)
         reuse = self._reusable_key(cert, latest)
         issued = ca.issue(cert, now=now, key_pem=reuse)
-        version = self.store.add_version(
+        version = self.store.add_issued(
             name,
-            cert_pem=issued.cert_pem,
-            chain_pem=issued.chain_pem,
-            key_pem=issued.key_pem,
+            issued,
             spec_hash=cert.spec_hash(),
             issued_at=now,
             spec=cert.issued_spec(),

@@ -147,6 +147,7 @@ class Store:
     # docstring), called on this store's repository: see `_delegate`.
 
     add_version = _delegate("versions_repo", Versions.add)
+    add_issued = _delegate("versions_repo", Versions.add_issued)
     version_material = _delegate("versions_repo", Versions.material)
     version_certificate = _delegate("versions_repo", Versions.certificate)
     versions = _delegate("versions_repo", Versions.of)

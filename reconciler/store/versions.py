@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -61,6 +61,25 @@ def _check_key_pair(certificate: str, leaf: x509.Certificate, key_pem: bytes) ->
         )
 
 
+class Issued(Protocol):
+    """What an issuer returns (issuers/local_ca.py IssuedCertificate has this shape)."""
+
+    @property
+    def cert_pem(self) -> bytes: ...
+    @property
+    def chain_pem(self) -> bytes: ...
+    @property
+    def key_pem(self) -> bytes: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def serial(self) -> str: ...
+    @property
+    def not_before(self) -> datetime: ...
+    @property
+    def not_after(self) -> datetime: ...
+
+
 class Versions:
     """The certificate_versions table. Keys are sealed with the store's master key."""
 
@@ -91,7 +110,61 @@ class Versions:
                 "the issuer returned something unexpected"
             ) from None
         _check_key_pair(certificate, leaf, key_pem)
-        fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
+        return self._insert(
+            certificate,
+            fingerprint=leaf.fingerprint(hashes.SHA256()).hex(),
+            serial=format(leaf.serial_number, "x"),
+            not_before=leaf.not_valid_before_utc,
+            not_after=leaf.not_valid_after_utc,
+            cert_pem=cert_pem,
+            chain_pem=chain_pem,
+            key_pem=key_pem,
+            spec_hash=spec_hash,
+            issued_at=issued_at,
+            spec=spec,
+        )
+
+    def add_issued(
+        self,
+        certificate: str,
+        issued: Issued,
+        *,
+        spec_hash: str,
+        issued_at: datetime,
+        spec: Mapping[str, Any] | None = None,
+    ) -> CertificateVersion:
+        """Record what an issuer returned (its fingerprint, serial and dates as it computed
+        them): no certificate parsing here. The issuer answers for the key matching the
+        leaf (the local CA builds the leaf from that key)."""
+        return self._insert(
+            certificate,
+            fingerprint=issued.fingerprint,
+            serial=issued.serial,
+            not_before=issued.not_before,
+            not_after=issued.not_after,
+            cert_pem=issued.cert_pem,
+            chain_pem=issued.chain_pem,
+            key_pem=issued.key_pem,
+            spec_hash=spec_hash,
+            issued_at=issued_at,
+            spec=spec,
+        )
+
+    def _insert(
+        self,
+        certificate: str,
+        *,
+        fingerprint: str,
+        serial: str,
+        not_before: datetime,
+        not_after: datetime,
+        cert_pem: bytes,
+        chain_pem: bytes,
+        key_pem: bytes,
+        spec_hash: str,
+        issued_at: datetime,
+        spec: Mapping[str, Any] | None,
+    ) -> CertificateVersion:
         sealed = self._sealer.seal(key_pem, _key_aad(certificate, fingerprint))
         with self._db.transaction() as conn:
             existing = conn.execute(
@@ -112,9 +185,9 @@ class Versions:
                 certificate,
                 version,
                 fingerprint,
-                format(leaf.serial_number, "x"),
-                db_timestamp(leaf.not_valid_before_utc),
-                db_timestamp(leaf.not_valid_after_utc),
+                serial,
+                db_timestamp(not_before),
+                db_timestamp(not_after),
                 spec_hash,
                 db_timestamp(issued_at),
             )

@@ -674,3 +674,25 @@ def test_private_dir_and_file_helpers_ignore_the_umask(tmp_path: Path) -> None:
         assert sorted(p.name for p in path.parent.iterdir()) == ["secret"]  # no temp left
     finally:
         os.umask(old)
+
+
+def test_add_issued_records_what_the_issuer_computed_without_parsing(tmp_path: Path) -> None:
+    """The issuer's IssuedCertificate goes in as is: its fingerprint, serial and dates."""
+    from datetime import UTC, datetime, timedelta
+
+    from certgit.reconciler.issuers.local_ca import IssuedCertificate
+
+    store = Store.open(tmp_path / "state", master_key=b"k" * 32)
+    try:
+        now = datetime(2026, 12, 2, tzinfo=UTC)
+        issued = IssuedCertificate(
+            cert_pem=b"not parsed", chain_pem=b"", key_pem=b"secret key bytes",
+            fingerprint="ab" * 32, serial="1f", not_before=now, not_after=now + timedelta(days=9),
+        )
+        v = store.add_issued("www", issued, spec_hash="s", issued_at=now)
+        assert (v.version, v.fingerprint, v.serial, v.not_after) == (
+            1, "ab" * 32, "1f", now + timedelta(days=9)
+        )
+        assert store.version_material("www", 1)[2] == b"secret key bytes"  # sealed, opened
+    finally:
+        store.close()
