@@ -163,7 +163,7 @@ class _Tee(io.StringIO):
 
 
 def wants_rich(out: TextIO, json_mode: bool) -> bool:
-    if json_mode or os.environ.get("CERTGIT_PLAIN"):
+    if json_mode:
         return False
     try:
         return bool(out.isatty())
