@@ -26,7 +26,7 @@ from typing import Any, TextIO
 FORMAT_VERSION = 1
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
 
 Command = Callable[[Any, TextIO, TextIO], int]
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+from certgit.reconciler.cli_output import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED
+
+EXIT_OK, EXIT_CHANGES = 0, 2
 EXIT_USAGE = 64  # BSD sysexits EX_USAGE: 2 already means "changes pending"
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_CHANGES", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK",
+           "EXIT_USAGE", "CertgitArgumentParser", "UsageError", "build_parser"]
 
 EXIT_CODES_HELP = """\
 exit codes:
