@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -124,17 +124,19 @@ class Executor(OutcomeRecorder):
             [m for m in messages if m.kind not in ISSUE_KINDS], issue_errors
         )
         jobs = self._drop_collisions(jobs, groups, results)
-        calls: list[TargetCall] = []
         if jobs:
             workers = max(1, min(self.config.parallelism, len(jobs)))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="certgit-target") as p:
-                calls = list(p.map(self._call, jobs))
-        for job, call in zip(jobs, calls, strict=True):
-            result = self._record(job, call, groups[job.spec.name])
-            results.append(result)
-            self._event("target.finished", result.target, status=result.status,
-                        error=result.error, failed=dict(result.failed),
-                        certificates=dict(result.certificates))
+                futures = {p.submit(self._call, job): job for job in jobs}
+                # Recorded here, on the store's thread, as each target finishes: progress
+                # is reported live and a slow target does not hold the others' records.
+                for future in as_completed(futures):
+                    job = futures[future]
+                    result = self._record(job, future.result(), groups[job.spec.name])
+                    results.append(result)
+                    self._event("target.finished", result.target, status=result.status,
+                                error=result.error, failed=dict(result.failed),
+                                certificates=dict(result.certificates))
         return RunReport(
             claimed=len(messages),
             issued=tuple(issued),

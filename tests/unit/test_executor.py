@@ -69,10 +69,11 @@ class FakeConnector:
         with self.lock:
             self.calls.append(change)
         if self.db is not None:
-            # Would block (and fail at once) if the executor held a write transaction.
+            # Would block (and fail after 1 s) if the executor held a write transaction
+            # across the call; another target's short recording transaction just waits.
             # One probe at a time: two targets' probes must not collide with each other.
             with self.lock:
-                probe = sqlite3.connect(self.db, timeout=0)
+                probe = sqlite3.connect(self.db, timeout=1.0)
                 try:
                     probe.execute("BEGIN IMMEDIATE")
                     probe.execute("ROLLBACK")
