@@ -308,18 +308,26 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return EXIT_ERROR
     finally:
         _warn_degraded(engine, err)
+        degraded = engine.degraded.to_dict() if engine.degraded is not None else None
         engine.close()
+    # The commit asked for was not applied (the last good one was): a script must see it.
+    code = max(outcome.exit_code, EXIT_ERROR) if degraded is not None else outcome.exit_code
+    if code == EXIT_CHANGES and outcome.exit_code != EXIT_CHANGES:
+        code = EXIT_ERROR
     if args.json:
-        _emit_json(apply_json(outcome), out)
-        return outcome.exit_code
+        _emit_json({**apply_json(outcome), "degraded": degraded, "exit_code": code}, out)
+        return code
     if args.dry_run:
         head = f"certgit apply --dry-run (plan {outcome.plan.hash[:12]}): nothing is written"
         print(head, file=out)
         for line in outcome.dry_run or ("No changes. Every binding is in sync.",):
             print(f"  {line}", file=out)
-        return outcome.exit_code
+        return code
     print(render_apply(outcome), file=out)
-    return outcome.exit_code
+    if degraded is not None:
+        print(f"HEAD was not applied: the last good commit {str(degraded.get('commit'))[:12]} "
+              "was (exit 1); fix the repository (`certgit validate`) or its remote", file=out)
+    return code
 
 
 def cmd_decide(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

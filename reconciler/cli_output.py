@@ -240,6 +240,15 @@ def _failure(
             dump(error_object(type(exc).__name__, str(exc), exit_code=EXIT_ERROR), out)
         print(f"error: {exc}", file=err)
         return EXIT_ERROR
+    if isinstance(exc, OSError) and exc.filename is not None:
+        # A path the operator named cannot be used: their mistake, not certgit's.
+        why = f"{exc.filename}: {exc.strerror or exc}"
+        if getattr(args, "debug", False):
+            traceback.print_exception(exc, file=err)
+        if json_mode:
+            dump(error_object(type(exc).__name__, why, exit_code=EXIT_ERROR), out)
+        print(f"error: {why}", file=err)
+        return EXIT_ERROR
     if getattr(args, "debug", False):
         traceback.print_exception(exc, file=err)
     if json_mode:

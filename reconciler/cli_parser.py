@@ -105,6 +105,13 @@ def _version_number(text: str) -> int:
     return int(digits)
 
 
+def _count(text: str) -> int:
+    """A whole number >= 0 (a negative --limit would silently drop entries)."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count: write 0 or more")
+    return int(text)
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -231,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
     audit_sub.add_parser("verify", parents=[common], help="check the hash chain")
     show = audit_sub.add_parser("show", parents=[common], help="print audit entries")
-    show.add_argument("--limit", type=int, default=50, help="last N entries (0 = all)")
+    show.add_argument("--limit", type=_count, default=50, help="last N entries (0 = all)")
 
     p = sub.add_parser("completion", parents=[common], help="print the shell completion script")
     p.add_argument("shell", choices=COMPLETION_SHELLS, metavar="SHELL",

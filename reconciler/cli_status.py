@@ -148,6 +148,22 @@ def print_status_rich(rows: list[StatusRow], wide: bool, console: Any) -> None:
         console.print(text, crop=False, soft_wrap=True)
 
 
+def _check_names(args: Any, plan: Plan) -> None:
+    """A --target or --certificate that names nothing is a typo, not "all clear"."""
+    from certgit.reconciler.errors import CertgitError
+
+    for flag, names, known in (
+        ("--target", args.target, {b.target for b in plan.bindings}),
+        ("--certificate", args.certificate, {b.certificate for b in plan.bindings}),
+    ):
+        unknown = sorted(set(names or ()) - known)
+        if unknown:
+            raise CertgitError(
+                f"{flag} {', '.join(unknown)}: no binding has that name "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
+
+
 def cmd_status(args: Any, out: TextIO, err: TextIO) -> int:
     from certgit.reconciler.cli import _engine, _print_problems, _warn_degraded
     from certgit.reconciler.errors import ConfigErrors
@@ -162,6 +178,7 @@ def cmd_status(args: Any, out: TextIO, err: TextIO) -> int:
             _print_problems(exc, err if args.json else out, err, engine.last_good_commit())
             return 1
         degraded = engine.degraded.to_dict() if engine.degraded is not None else None
+        _check_names(args, plan)
         recorded = engine.store.recorded_state() if args.wide or args.json else None
         rows = status_rows(args, plan, desired, recorded, engine.clock())
     finally:

@@ -374,6 +374,25 @@ def rollback(
     return RollbackOutcome(target, chosen, run, plan.hash, skipped=skipped)
 
 
+def _known_target(engine: Engine, target: str) -> None:
+    """A typo in TARGET is an error, not "nothing to do" (and nothing is audited)."""
+    recorded = engine.store.recorded_state()
+    if any(t == target for (_c, t) in recorded.deployments) or any(
+        h.target == target for h in recorded.holds
+    ):
+        return
+    try:
+        desired = engine.desired(fallback=True)
+    except CertgitError:
+        desired = None
+    if desired is not None and target in desired.targets:
+        return
+    raise CertgitError(
+        f"no target named {target!r} in the desired state or the records: "
+        "`certgit status` lists them"
+    )
+
+
 def release(
     engine: Engine, target: str, *, certificate: str | None, actor: str, reason: str
 ) -> int:
@@ -384,6 +403,7 @@ def release(
     """
     from certgit.reconciler.store import outbox
 
+    _known_target(engine, target)
     now = engine.clock()
     count = engine.store.release_hold(target, certificate)
     cancelled = outbox.cancel_binding_work(
@@ -406,6 +426,8 @@ def retry(
     `apply` runs them at once with a fresh attempt budget. Audited."""
     from certgit.reconciler.store import outbox
 
+    if target is not None:
+        _known_target(engine, target)
     now = engine.clock()
     count = outbox.rearm(engine.store, now, target, certificate)
     subject = target or "*"

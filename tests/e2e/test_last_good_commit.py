@@ -90,7 +90,8 @@ def test_invalid_head_leaves_the_last_good_commit_in_force(nginx_lab) -> None:
     assert json.loads(p.out)["degraded"]["head"] == bad
     reloads = lab.reloads()
     a = lab.cli("apply", "--as", "oncall")
-    assert a.code == EXIT_OK, a.out + a.err
+    assert a.code == EXIT_ERROR, a.out + a.err  # repaired, but HEAD itself was not applied
+    assert "HEAD was not applied" in a.out
     assert _one_warning(a.err) == expected
     assert lab.wait_served("b", fp_b) and lab.deployed("b")[0] == fp_b
     assert lab.reloads() == reloads + 1
@@ -107,7 +108,7 @@ def test_invalid_head_leaves_the_last_good_commit_in_force(nginx_lab) -> None:
     rel = lab.cli("release", "web", "--reason", "incident over")
     assert rel.code == EXIT_OK, rel.out + rel.err
     a = lab.cli("apply")
-    assert a.code == EXIT_OK, a.out + a.err
+    assert a.code == EXIT_ERROR, a.out + a.err  # converged on the last good commit, not HEAD
     assert lab.wait_served("a", fp_a2)  # the last good commit's version again
 
     # The invalid head is never recorded as applied, nor planned.
@@ -147,7 +148,7 @@ def test_approve_and_reject_work_from_the_last_good_commit(nginx_lab) -> None:
     assert ok.code == EXIT_OK, ok.out + ok.err
     assert f"HEAD {bad[:12]} is invalid" in _one_warning(ok.err)
     a = lab.cli("apply")
-    assert a.code == EXIT_OK, a.out + a.err
+    assert a.code == EXIT_ERROR, a.out + a.err  # repaired; HEAD still invalid
     assert lab.wait_served("b", fp_b)
     assert _source_state(lab, "last_applied_commit") == good
 
@@ -174,7 +175,7 @@ def test_unreachable_repository_leaves_the_last_good_commit_in_force(nginx_lab) 
 
     (lab.certs / "b.crt").write_bytes((lab.certs / "a.crt").read_bytes())
     a = lab.cli("apply")
-    assert a.code == EXIT_OK, a.out + a.err
+    assert a.code == EXIT_ERROR, a.out + a.err  # repaired; the remote is still gone
     assert "does not exist (moved or deleted?)" in _one_warning(a.err)
     assert lab.wait_served("b", fp_b)
     rb = lab.cli("rollback", "web", "--certificate", "b", "--to", "1", "--reason", "repair")

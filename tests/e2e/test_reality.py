@@ -131,3 +131,20 @@ def test_a_server_serving_other_files_is_modified_not_in_sync(nginx_lab) -> None
     assert status[("a", "web")]["drift"] == "in-sync"
     assert lab.cli("plan").code == 0  # shown, nothing to apply
     assert lab.cli("status", "--refresh=false").code == 0
+
+
+def test_typos_are_errors_not_all_clear(nginx_lab) -> None:
+    """A mistyped target in status/retry/release exits 1 and audits nothing; an apply that
+    fell back to the last good commit exits 1 and says HEAD was not applied."""
+    lab: NginxLab = nginx_lab(("a",))
+    _converge(lab)
+    before = len(lab.query("SELECT seq FROM audit_log"))
+    for args in (("status", "--target", "wbe"), ("retry", "wbe"), ("release", "wbe"),
+                 ("audit", "show", "--limit", "-1")):
+        r = lab.cli(*args)
+        assert r.code in (1, 64), (args, r.out, r.err)
+    assert len(lab.query("SELECT seq FROM audit_log")) == before
+    lab.commit({"certs/a.yaml": b"apiVersion: certgit.dev/v1\nkind: Certificate\nmetadata: "
+                b"{name: a}\nspec: {dnsName: [a.example.test]}\n"}, "typo")
+    r = lab.cli("apply")
+    assert r.code == 1 and "HEAD was not applied" in r.out, r.out + r.err
