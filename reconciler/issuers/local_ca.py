@@ -335,21 +335,8 @@ class LocalCA:
             .not_valid_before(not_before)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    # RSA key transport (TLS 1.2 RSA kx) only; EC/Ed25519 keys cannot encipher
-                    key_encipherment=is_rsa,
-                    content_commitment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            # RSA key transport (TLS 1.2 RSA kx) only; EC/Ed25519 keys cannot encipher
+            .add_extension(_key_usage(ca=False, key_encipherment=is_rsa), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
             )
@@ -521,6 +508,21 @@ def _read_files(
     return cert, key
 
 
+def _key_usage(*, ca: bool, key_encipherment: bool) -> x509.KeyUsage:
+    """Digital signature always; certificate and CRL signing for a CA only."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _new_ca(common_name: str, now: datetime) -> tuple[x509.Certificate, PrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     public_key = key.public_key()
@@ -535,20 +537,7 @@ def _new_ca(common_name: str, now: datetime) -> tuple[x509.Certificate, PrivateK
         .not_valid_before(now - DEFAULT_BACKDATE)
         .not_valid_after(now + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True, key_encipherment=False), critical=True)
         .add_extension(ski, critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
