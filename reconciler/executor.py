@@ -299,12 +299,16 @@ class Executor(OutcomeRecorder):
             if dict(job.spec.transport).get("type", "local") != "local":
                 kept.append(job)
                 continue
+            file_specs: Callable[[TargetSpec, Bundle], Any] | None
             try:
                 file_specs = getattr(self._load(job.connector_type), "file_specs", None)
             except Exception:  # the target's own call reports it
                 file_specs = None
+            if file_specs is None:
+                kept.append(job)  # not a file connector: nothing to compare
+                continue
             clashes: dict[str, str] = {}
-            for bundle in job.deployments if file_specs is not None else ():
+            for bundle in job.deployments:
                 try:
                     paths = [spec.path for spec in file_specs(job.spec, bundle)]
                 except CertgitError:

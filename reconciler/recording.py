@@ -62,7 +62,7 @@ class OutcomeRecorder:
 
     def _fail(
         self, messages: Sequence[Message], error: str, *, temporary: bool
-    ) -> dict[int, str]:
+    ) -> dict[int, JobState]:
         raise NotImplementedError
 
     def _record(
