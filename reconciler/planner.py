@@ -492,3 +492,13 @@ def _plan_binding(
                 act=False,
             )
     return finish(Drift.NONE, "in sync", act=False)
+
+
+def __getattr__(name: str) -> object:
+    # The operator rollback plan lives beside the planner (rollbacks.py imports it);
+    # `planner.rollback_plan` is the name the service API documents.
+    if name == "rollback_plan":
+        from certgit.reconciler.rollbacks import rollback_plan
+
+        return rollback_plan
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

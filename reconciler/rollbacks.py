@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from certgit.reconciler.deployhistory import HistoryEntry, previous_served, served_versions
 from certgit.reconciler.errors import CertgitError
 from certgit.reconciler.model import (
     ActionKind,
@@ -30,7 +31,6 @@ from certgit.reconciler.model import (
     RecordedState,
 )
 from certgit.reconciler.planner import Action, Plan, _Gate
-from certgit.reconciler.store.history import HistoryEntry, previous_served, served_versions
 
 
 @dataclass(frozen=True)
