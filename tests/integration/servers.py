@@ -126,6 +126,19 @@ def write_pair(deployment: Deployment, cert_path: Path, key_path: Path) -> None:
     key_path.chmod(0o600)
 
 
+def write_apache_layout(directory: Path, deployment: Deployment) -> None:
+    """Seed the apache connector's layout: certs/NAME.crt, certs/NAME.chain.pem,
+    private/NAME.key (0600), as a server's existing files before certgit's first deploy."""
+    name = deployment.certificate
+    (directory / "certs").mkdir(parents=True, exist_ok=True)
+    (directory / "private").mkdir(parents=True, exist_ok=True)
+    (directory / "certs" / f"{name}.crt").write_bytes(deployment.cert_pem)
+    (directory / "certs" / f"{name}.chain.pem").write_bytes(deployment.chain_pem)
+    key = directory / "private" / f"{name}.key"
+    key.write_bytes(deployment.key_pem)
+    key.chmod(0o600)
+
+
 @dataclass(frozen=True)
 class Site:
     """One TLS virtual host: SNI name and the files the server reads."""
@@ -378,6 +391,16 @@ SSLSessionCache shmcb:{self.root}/run/ssl_scache(512000)
 
     def stop(self) -> None:
         _terminate_pid(self.pid())
+
+
+def apache_site(directory: Path, server_name: str, name: str) -> Site:
+    """The vhost serving the apache connector's files for certificate `name`."""
+    return Site(
+        server_name,
+        directory / "certs" / f"{name}.crt",
+        directory / "private" / f"{name}.key",
+        chain=directory / "certs" / f"{name}.chain.pem",
+    )
 
 
 def start_apache(root: Path, sites: Sequence[Site]) -> ApacheServer:

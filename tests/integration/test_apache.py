@@ -24,32 +24,13 @@ from tests.integration.conftest import (
 )
 from tests.integration.servers import (
     ApacheServer,
-    Site,
+    apache_site,
     free_port,
     require_binary,
     served_fingerprint,
     start_apache,
+    write_apache_layout,
 )
-
-
-def _write(directory: Path, deployment: Deployment) -> None:
-    name = deployment.certificate
-    (directory / "certs").mkdir(parents=True, exist_ok=True)
-    (directory / "private").mkdir(parents=True, exist_ok=True)
-    (directory / "certs" / f"{name}.crt").write_bytes(deployment.cert_pem)
-    (directory / "certs" / f"{name}.chain.pem").write_bytes(deployment.chain_pem)
-    key = directory / "private" / f"{name}.key"
-    key.write_bytes(deployment.key_pem)
-    key.chmod(0o600)
-
-
-def _site(directory: Path, server_name: str, name: str) -> Site:
-    return Site(
-        server_name,
-        directory / "certs" / f"{name}.crt",
-        directory / "private" / f"{name}.key",
-        chain=directory / "certs" / f"{name}.chain.pem",
-    )
 
 
 class TestApacheAcceptance(ServerAcceptance):
@@ -60,11 +41,14 @@ class TestApacheAcceptance(ServerAcceptance):
     def start(self, tmp_path: Path, old: Deployment, other: Deployment) -> ServerEnv:
         require_binary("apache2")
         ssl_dir = tmp_path / "ssl"
-        _write(ssl_dir, old)
-        _write(ssl_dir, other)
+        write_apache_layout(ssl_dir, old)
+        write_apache_layout(ssl_dir, other)
         server = start_apache(
             tmp_path / "apache",
-            [_site(ssl_dir, self.server_name, "web"), _site(ssl_dir, self.other_name, "other")],
+            [
+                apache_site(ssl_dir, self.server_name, "web"),
+                apache_site(ssl_dir, self.other_name, "other"),
+            ],
         )
         return ServerEnv(
             tmp_path,
@@ -85,9 +69,9 @@ def test_weak_rsa_key_is_refused_before_anything_is_written(tmp_path: Path, stop
     require_binary("apache2")
     ssl_dir = tmp_path / "ssl"
     old = issue("web")
-    _write(ssl_dir, old)
+    write_apache_layout(ssl_dir, old)
     server = stop_later(
-        start_apache(tmp_path / "apache", [_site(ssl_dir, "web.example.test", "web")])
+        start_apache(tmp_path / "apache", [apache_site(ssl_dir, "web.example.test", "web")])
     )
     target = make_target(
         tmp_path,
@@ -114,6 +98,7 @@ class TestApacheConformance(SeededServerConformance):
     def make_server(self, tmp_path: Path, directory: Path) -> ApacheServer:
         require_binary("apache2")
         sites = [
-            _site(directory, self.dns_names_for(name)[0], name) for name in self.certificate_names
+            apache_site(directory, self.dns_names_for(name)[0], name)
+            for name in self.certificate_names
         ]
         return ApacheServer(root=tmp_path / "apache", port=free_port(), sites=tuple(sites))

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from certgit.connectors.model import Deployment
 from tests.integration.conftest import deploy, issue, make_target
 from tests.integration.servers import (
     Site,
@@ -27,21 +26,12 @@ from tests.integration.servers import (
     start_apache,
     wait_for,
     wait_served,
+    write_apache_layout,
 )
 
 NAMES = ("web", "api", "weak")
 
 
-def _write(directory: Path, deployment: Deployment) -> None:
-    """Seed the connector's layout: certs/NAME.crt, certs/NAME.chain.pem, private/NAME.key."""
-    name = deployment.certificate
-    (directory / "certs").mkdir(parents=True, exist_ok=True)
-    (directory / "private").mkdir(parents=True, exist_ok=True)
-    (directory / "certs" / f"{name}.crt").write_bytes(deployment.cert_pem)
-    (directory / "certs" / f"{name}.chain.pem").write_bytes(deployment.chain_pem)
-    key = directory / "private" / f"{name}.key"
-    key.write_bytes(deployment.key_pem)
-    key.chmod(0o600)
 
 
 def _files(directory: Path, name: str) -> list[Path]:
@@ -65,7 +55,7 @@ def test_weak_binding_is_left_out_and_the_rest_deploys_with_one_reload(
     # Seed loadable old versions of all three (the weak one's old key is fine: ECDSA).
     old = {"web": issue("web"), "api": issue("api", rsa_bits=2048), "weak": issue("weak")}
     for deployment in old.values():
-        _write(ssl_dir, deployment)
+        write_apache_layout(ssl_dir, deployment)
     seeded = {p: p.read_bytes() for name in NAMES for p in _files(ssl_dir, name)}
     server = stop_later(
         start_apache(tmp_path / "apache", [_site(ssl_dir, name) for name in NAMES])
@@ -165,7 +155,7 @@ def test_apply_records_the_weak_binding_as_failing_and_the_rest_as_deployed(
     ssl_dir = tmp_path / "ssl"
     placeholders = {name: issue(name) for name in NAMES}  # Apache needs files to start
     for deployment in placeholders.values():
-        _write(ssl_dir, deployment)
+        write_apache_layout(ssl_dir, deployment)
     seeded = {p: p.read_bytes() for p in _files(ssl_dir, "weak")}
     server = stop_later(
         start_apache(tmp_path / "apache", [_site(ssl_dir, name) for name in NAMES])

@@ -27,6 +27,7 @@ from tests.integration.servers import (
     HAProxyServer,
     NginxServer,
     Site,
+    apache_site,
     count_lines,
     counting_command,
     require_binary,
@@ -35,6 +36,7 @@ from tests.integration.servers import (
     start_caddy,
     start_haproxy,
     start_nginx,
+    write_apache_layout,
     write_pair,
 )
 
@@ -207,24 +209,8 @@ def test_nginx_config_outside_the_grants_falls_back_to_the_live_test(nginx: Live
 # -- Apache ----------------------------------------------------------------------------------
 
 
-def _apache_files(directory: Path, deployment: Deployment) -> None:
-    name = deployment.certificate
-    (directory / "certs").mkdir(parents=True, exist_ok=True)
-    (directory / "private").mkdir(parents=True, exist_ok=True)
-    (directory / "certs" / f"{name}.crt").write_bytes(deployment.cert_pem)
-    (directory / "certs" / f"{name}.chain.pem").write_bytes(deployment.chain_pem)
-    key = directory / "private" / f"{name}.key"
-    key.write_bytes(deployment.key_pem)
-    key.chmod(0o600)
 
 
-def _apache_site(directory: Path, server_name: str, name: str) -> Site:
-    return Site(
-        server_name,
-        directory / "certs" / f"{name}.crt",
-        directory / "private" / f"{name}.key",
-        chain=directory / "certs" / f"{name}.chain.pem",
-    )
 
 
 @pytest.fixture
@@ -232,9 +218,9 @@ def apache(tmp_path: Path, stop_later: Callable[[Any], Any]) -> Live:
     require_binary("apache2")
     certs = tmp_path / "ssl"
     old, other = issue("web"), issue("other")
-    _apache_files(certs, old)
-    _apache_files(certs, other)
-    sites = [_apache_site(certs, WEB, "web"), _apache_site(certs, OTHER, "other")]
+    write_apache_layout(certs, old)
+    write_apache_layout(certs, other)
+    sites = [apache_site(certs, WEB, "web"), apache_site(certs, OTHER, "other")]
     server: ApacheServer = stop_later(start_apache(tmp_path / "apache", sites))
     return Live(tmp_path, server, "apache", certs, server.conf, old)
 
