@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -219,7 +220,16 @@ class CaddyConnector(FileConnector):
             ) from exc
 
     def _get_config(self, sandbox: Sandbox, target: TargetSpec) -> dict[str, Any]:
-        status, raw = self._request(sandbox, target, "GET", "/config/")
+        # A /load that carries the admin settings restarts Caddy's admin listener: a
+        # read right after it can meet a reset connection. Ask again, briefly.
+        for pause in (0.1, 0.3, 0.9, None):
+            try:
+                status, raw = self._request(sandbox, target, "GET", "/config/")
+                break
+            except TransportError:
+                if pause is None:
+                    raise
+                time.sleep(pause)
         if status != 200:
             raise TransportError(
                 f"target {target.name}: GET /config/ answered HTTP {status}",
