@@ -108,6 +108,17 @@ class Live:
         assert served_fingerprint(self.server.port, WEB) == self.old.fingerprint
 
 
+def _seed_web_and_other(certs: Path) -> tuple[Deployment, list[Site]]:
+    """The files a fullchain+key server starts on (web and other), and its two vhosts."""
+    old, other = issue("web"), issue("other")
+    write_pair(old, certs / "web.crt", certs / "web.key")
+    write_pair(other, certs / "other.crt", certs / "other.key")
+    return old, [
+        Site(WEB, certs / "web.crt", certs / "web.key"),
+        Site(OTHER, certs / "other.crt", certs / "other.key"),
+    ]
+
+
 # -- nginx -----------------------------------------------------------------------------------
 
 
@@ -115,13 +126,7 @@ class Live:
 def nginx(tmp_path: Path, stop_later: Callable[[Any], Any]) -> Live:
     require_binary("nginx")
     certs = tmp_path / "certs"
-    old, other = issue("web"), issue("other")
-    write_pair(old, certs / "web.crt", certs / "web.key")
-    write_pair(other, certs / "other.crt", certs / "other.key")
-    sites = [
-        Site(WEB, certs / "web.crt", certs / "web.key"),
-        Site(OTHER, certs / "other.crt", certs / "other.key"),
-    ]
+    old, sites = _seed_web_and_other(certs)
     server: NginxServer = stop_later(start_nginx(tmp_path / "nginx", sites))
     return Live(tmp_path, server, "nginx", certs, server.conf, old)
 
@@ -319,13 +324,7 @@ def test_haproxy_combined_file_haproxy_rejects_would_fail(haproxy: Live) -> None
 def caddy(tmp_path: Path, stop_later: Callable[[Any], Any]) -> Live:
     require_binary("caddy")
     certs = tmp_path / "certs"
-    old, other = issue("web"), issue("other")
-    write_pair(old, certs / "web.crt", certs / "web.key")
-    write_pair(other, certs / "other.crt", certs / "other.key")
-    sites = [
-        Site(WEB, certs / "web.crt", certs / "web.key"),
-        Site(OTHER, certs / "other.crt", certs / "other.key"),
-    ]
+    old, sites = _seed_web_and_other(certs)
     server: CaddyServer = stop_later(start_caddy(tmp_path / "caddy", sites))
     return Live(tmp_path, server, "caddy", certs, server.config_path, old)
 
