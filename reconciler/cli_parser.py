@@ -66,6 +66,12 @@ def _global_flags(suppress: bool) -> CertgitArgumentParser:
     g.add_argument("--state-dir", default=d(None), help="state directory [CERTGIT_STATE_DIR]")
     g.add_argument("--config", default=d(None), help="certgit.toml to read [CERTGIT_CONFIG]")
     g.add_argument(
+        "--site-policy",
+        default=d(None),
+        help="the operator's site policy TOML (default: certgit.toml [site], else "
+        "/etc/certgit/site.toml, else safe built-in defaults) [CERTGIT_SITE_POLICY]",
+    )
+    g.add_argument(
         "--allow-history-rewrite",
         action="store_const",
         const=True,

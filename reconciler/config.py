@@ -6,9 +6,13 @@ branch, tag or commit  --ref                    CERTGIT_REF                    [
 subdirectory           --path                   CERTGIT_PATH                   [repository] path
 accept force-pushes    --allow-history-rewrite  CERTGIT_ALLOW_HISTORY_REWRITE  allowHistoryRewrite
 state directory        --state-dir              CERTGIT_STATE_DIR              [state] dir
+site policy            --site-policy            CERTGIT_SITE_POLICY            [site] (inline)
 
 certgit.toml is read from --config, else CERTGIT_CONFIG, else ./certgit.toml
 if it exists. Relative paths in it are relative to the file's directory.
+The site policy (sitepolicy.py) is the first of --site-policy FILE,
+CERTGIT_SITE_POLICY, certgit.toml's [site] table, /etc/certgit/site.toml;
+with none of them, the built-in safe defaults.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class Settings:
     state_dir: Path
     allow_history_rewrite: bool = False
     config_file: Path | None = None
+    site_policy: Path | None = None  # --site-policy / CERTGIT_SITE_POLICY
+    site_inline: Mapping[str, Any] | None = None  # certgit.toml's [site] table
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
@@ -110,6 +116,13 @@ def resolve_settings(
     state_dir = Path(state) if state else default_state_dir(env)
     if not state_dir.is_absolute():
         state_dir = state_base / state_dir
+    site_file = flags.get("site_policy") or env.get("CERTGIT_SITE_POLICY") or None
+    site_path = Path(site_file) if site_file else None
+    if site_path is not None and not site_path.is_absolute():
+        site_path = cwd / site_path
+    site_inline = toml.get("site")
+    if site_inline is not None and not isinstance(site_inline, Mapping):
+        raise SettingsError(f"{config_path}: [site] must be a table (the site policy)")
     clean_path = str(path or "").strip("/")
     if ".." in Path(clean_path).parts:
         raise SettingsError(f"repository path {path!r} must stay inside the repository")
@@ -120,4 +133,6 @@ def resolve_settings(
         state_dir=state_dir,
         allow_history_rewrite=_truthy(rewrite) if rewrite is not None else False,
         config_file=config_path,
+        site_policy=site_path,
+        site_inline=site_inline,
     )

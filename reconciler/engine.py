@@ -23,6 +23,7 @@ from certgit.reconciler.statedir import StateDir
 from certgit.reconciler.store.doccache import DocumentCache
 
 if TYPE_CHECKING:
+    from certgit.reconciler.sitepolicy import SitePolicy
     from certgit.reconciler.source import GitSource, Snapshot
     from certgit.reconciler.store import Store
 
@@ -125,6 +126,20 @@ class Engine:
         from certgit.reconciler.store import Store
 
         return Store.open(self.settings.state_dir, env=self.env, create=self.create_state)
+
+    @cached_property
+    def site(self) -> SitePolicy:
+        """The operator's site policy (DESIGN §10), read once; SitePolicyError when invalid."""
+        from certgit.reconciler.siteload import load_site_policy, locate_site_policy
+
+        path, inline = locate_site_policy(
+            str(self.settings.site_policy) if self.settings.site_policy else None,
+            {},
+            self.settings.site_inline,
+            self.settings.config_file,
+        )
+        protected = [p for p in (self.settings.config_file,) if p is not None]
+        return load_site_policy(path, inline=inline, protected=protected)
 
     @cached_property
     def doc_cache(self) -> DocumentCache:

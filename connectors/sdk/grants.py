@@ -11,6 +11,7 @@ canonical form), so `fw.example:443` never grants `fw.example.evil.com:443`.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import posixpath
 from collections.abc import Callable
@@ -93,14 +94,31 @@ class Grants:
     fs_write: tuple[str, ...] = ()
     net_dial: tuple[str, ...] = ()  # "host:port", "[::1]:443"
     process_exec: tuple[str, ...] = ()  # absolute binary paths, matched exactly
+    # Never readable or writable, whatever the grants above say: prefixes, and name
+    # patterns matched against every component (the site's deny list: `.ssh`, `sudoers*`).
+    fs_deny: tuple[str, ...] = ()
+    fs_deny_names: tuple[str, ...] = ()
+
+    def denies(self, path: str) -> bool:
+        """True if `path` lies under an fs_deny prefix or has a component named in fs_deny_names."""
+        if any(path_within(path, d) for d in self.fs_deny):
+            return True
+        if self.fs_deny_names:
+            return any(
+                fnmatch.fnmatchcase(part, pattern)
+                for part in path.split("/")
+                if part
+                for pattern in self.fs_deny_names
+            )
+        return False
 
     def allows_read(self, path: str) -> bool:
         """True if `path` (already resolved by the caller) lies under an fs.read grant."""
-        return any(path_within(path, g) for g in self.fs_read)
+        return any(path_within(path, g) for g in self.fs_read) and not self.denies(path)
 
     def allows_write(self, path: str) -> bool:
         """True if `path` (already resolved by the caller) lies under an fs.write grant."""
-        return any(path_within(path, g) for g in self.fs_write)
+        return any(path_within(path, g) for g in self.fs_write) and not self.denies(path)
 
     def allows_dial(self, host: str, port: int) -> bool:
         """True if exactly host:port is granted (host case-insensitive, port must match)."""
@@ -151,6 +169,8 @@ class Grants:
             fs_write=both(self.fs_write),
             net_dial=self.net_dial,
             process_exec=both(self.process_exec),
+            fs_deny=both(self.fs_deny),
+            fs_deny_names=self.fs_deny_names,
         )
 
     def describe(self) -> str:
@@ -159,4 +179,5 @@ class Grants:
         parts += [f"fs.write:{p}" for p in self.fs_write]
         parts += [f"net.dial:{e}" for e in self.net_dial]
         parts += [f"process.exec:{b}" for b in self.process_exec]
+        parts += [f"deny:{p}" for p in self.fs_deny]
         return ", ".join(parts) if parts else "(none)"
