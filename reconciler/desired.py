@@ -18,7 +18,15 @@ import difflib
 import hashlib
 import ipaddress
 import os
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import (
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -55,6 +63,8 @@ PathElement = str | int
 Model = Issuer | Certificate | Target | Policy
 # reports a problem of the document being built: (path, message, at_key)
 Report = Callable[..., None]
+# a whole-commit check: (located documents, positions) -> problems (see DesiredLoader)
+Check = Callable[[Sequence[tuple["FileEntry", "_Doc"]], "_Positions"], Iterable["Problem"]]
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,11 @@ class DesiredLoader:
         self,
         cache: MutableMapping[str, Any] | None = None,
         connector_types: Collection[str] | None = None,
+        checks: Sequence[Check] = (),
     ) -> None:
+        # Extra whole-commit checks run on every load, never cached (the site policy's
+        # bounds, which live outside Git and may change between loads of one commit).
+        self._checks = tuple(checks)
         self._owns_cache = cache is None
         self._cache: MutableMapping[str, Any] = {} if cache is None else cache
         if connector_types is None:
@@ -140,6 +154,10 @@ class DesiredLoader:
             located, self._connector_types, _Positions(), self._failed_connectors
         )
         problems.extend(ownership)
+        if not problems:
+            positions = _Positions()
+            for check in self._checks:
+                problems.extend(check(located, positions))
         if problems:
             raise ConfigErrors(problems)
         return _assemble(located, commit, warnings)
