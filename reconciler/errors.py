@@ -4,6 +4,7 @@
     ├── ConfigError            bad YAML / schema / references; carries file, line, column
     │   └── ConfigErrors       every ConfigError of one commit, reported at once
     ├── SourceError            Git remote unreachable, ref vanished, history rewritten
+    │   └── UnsignedCommit     a commit to apply lacks a good signature from an allowed key
     ├── StoreError             state store unreadable, migration failed, master key wrong
     │   ├── AuditChainBroken   an audit row was edited or deleted
     │   ├── StateMissing       no store in the state directory, and this command may not make one
@@ -55,6 +56,7 @@ __all__ = [
     "StoreLocked",
     "TransportError",
     "UnsafeStateDir",
+    "UnsignedCommit",
     "ValidateFailed",
     "VerifyMismatch",
 ]
@@ -119,6 +121,35 @@ class SourceError(CertgitError):
     def __init__(self, message: str, *, temporary: bool = True) -> None:
         super().__init__(message)
         self.temporary = temporary
+
+
+class UnsignedCommit(SourceError):
+    """The site policy requires signed commits and a commit to apply lacks a good signature
+    from an allowed key (`certgit.reconciler.signatures`). Never temporary: only a commit
+    signed by an allowed key, or the key added to the allowed signers, helps.
+
+    `commit` is the first refused commit (newest first), `verdict` git's `%G?` letter
+    for it (N no signature, U key not allowed, B bad, E cannot be checked, X/Y/R expired
+    or revoked), `signer` and `key` what git said about its signature, and `refused`
+    every refused (commit, verdict) of the checked range.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        commit: str,
+        verdict: str,
+        signer: str = "",
+        key: str = "",
+        refused: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(message, temporary=False)
+        self.commit = commit
+        self.verdict = verdict
+        self.signer = signer
+        self.key = key
+        self.refused = tuple(refused) or ((commit, verdict),)
 
 
 class StoreError(CertgitError):
