@@ -136,7 +136,13 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(f"error: {root} is not a directory", file=err)
             return EXIT_ERROR
         try:
-            desired = load_directory(root)
+            # the same site policy as a commit from the repository would meet
+            site = _engine(args, create=False)
+            try:
+                checks, sops = [site.site_check], site.sops
+            finally:
+                site.close()
+            desired = load_directory(root, checks, sops)
         except ConfigErrors as exc:
             _print_problems(exc, out, err, None)
             return EXIT_ERROR
@@ -169,6 +175,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             source.env,
             source.clock(),
             read_file=(lambda p: (root / p).read_bytes()) if args.target_path else None,
+            site=source.site,
         )
     except CertgitError:
         warnings = []  # no usable settings, so no state directory to look in
@@ -248,42 +255,6 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.detailed_exitcode and not plan.empty:
         return EXIT_CHANGES
     return EXIT_OK
-
-
-def cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from certgit.reconciler.errors import AuditChainBroken
-
-    engine = _engine(args, create=False)
-    try:
-        if args.audit_command == "verify":
-            try:
-                count = engine.store.verify_audit()
-            except AuditChainBroken as exc:
-                if args.json:
-                    raise  # main writes the JSON error object (type AuditChainBroken)
-                print(f"audit log TAMPERED: {exc}", file=err)
-                return EXIT_ERROR
-            if args.json:
-                _emit_json({"intact": True, "entries": count}, out)
-                return EXIT_OK
-            noun = "entry" if count == 1 else "entries"
-            print(f"audit log intact: {count} {noun} verified", file=out)
-            return EXIT_OK
-        rows: list[dict[str, Any]] = engine.store.audit_rows()
-        if args.limit:
-            rows = rows[-args.limit :]
-        if args.json:
-            json.dump({"entries": rows}, out, indent=2, sort_keys=True, default=str)
-            out.write("\n")
-        else:
-            for r in rows:
-                line = f"{r['seq']:>6}  {r['at']}  {r['actor']:<12}  {r['action']:<16}"
-                details = r["details"] if isinstance(r["details"], dict) else {}
-                why = f"  ({details['reason']})" if details.get("reason") else ""
-                print(f"{line}  {r['subject']}{why}", file=out)
-        return EXIT_OK
-    finally:
-        engine.close()
 
 
 def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -399,6 +370,7 @@ def _cmd_completion(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return cmd_completion(args, out, err)
 
 
+from certgit.reconciler.cli_audit import cmd_audit  # noqa: E402 - after the helpers it uses
 from certgit.reconciler.cli_operator import (  # noqa: E402 - after the helpers it uses
     cmd_decide,
     cmd_release,

@@ -344,6 +344,9 @@ def progress_listener(args: Any, err: TextIO) -> Callable[[Any], None] | None:
                     (detail.get("certificates") or {}).items()))
                 why = f": {detail['error']}" if detail.get("error") else ""
                 err.write(f"{detail.get('status')} {subject}: {certs or 'nothing'}{why}\n")
+            elif kind == "gates.changed":
+                changes = "; ".join(detail.get("changes") or ())
+                err.write(f"approval gates changed: {changes}\n")
             elif kind == "done" and open_line[0]:
                 err.write("\n")
                 open_line[0] = False

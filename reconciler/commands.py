@@ -41,6 +41,7 @@ class EventKind(StrEnum):
     ISSUED = "issued"
     TARGET_STARTED = "target.started"
     TARGET_FINISHED = "target.finished"
+    GATES_CHANGED = "gates.changed"  # an approved weakening of the approval gates took effect
     DONE = "done"
 
 
@@ -191,6 +192,8 @@ def reconcile_once(
         config=config or ExecutorConfig(),
         env=engine.env,
         on_event=on_event,
+        sandbox_factory=engine.sandboxes(desired),
+        site=engine.site,
     )
     run = executor.run()
     final = engine.plan(desired, refresh=refresh)
@@ -324,7 +327,7 @@ def rollback(
     recorded = store.recorded_state()
     certs = bound_on(recorded, target, certificate) if target in desired.targets else []
     chosen_plan = rollback_plan(
-        desired,
+        engine.gated(desired),  # the site's gates and those a commit removed still apply
         recorded,
         {cert: store.deploy_history(target, cert) for cert in certs},
         {cert: store.versions(cert, include_retired=True) for cert in certs},
@@ -368,7 +371,8 @@ def rollback(
     )
     executor = Executor(
         store, engine.settings.state_dir, desired, actor=actor, clock=engine.clock,
-        env=engine.env, on_event=on_event,
+        env=engine.env, on_event=on_event, sandbox_factory=engine.sandboxes(desired),
+        site=engine.site,
     )
     run = executor.run(plan_hash=plan.hash)
     return RollbackOutcome(target, chosen, run, plan.hash, skipped=skipped)

@@ -10,6 +10,12 @@ Key types a bound Target does not accept are warnings (`DesiredState.warnings`).
 
 Any problem anywhere rejects the whole commit: `load` raises `ConfigErrors`
 with every positioned problem of every file.
+
+Every file of the commit, YAML or not (`others`), is scanned for committed
+private keys (`certgit.reconciler.keyscan`), the verdict cached by content key
+like the parse. Values of SOPS-encrypted files named by `secretRef.sops` are
+decrypted on every load (`certgit.reconciler.secretload`), never cached, and
+attached to the assembled model only (the cached model never holds them).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any
 
 from certgit.reconciler.durations import format_duration, parse_duration
 from certgit.reconciler.errors import ConfigErrors, Problem
+from certgit.reconciler.keyscan import find_private_keys
 from certgit.reconciler.model import (
     KINDS,
     ApprovalHook,
@@ -48,6 +55,7 @@ from certgit.reconciler.model import (
     KeySpec,
     Policy,
     SecretRef,
+    SopsRef,
     SourceRef,
     Target,
     VerifySpec,
@@ -57,6 +65,7 @@ from certgit.reconciler.yamlsafe import MAX_FILE_BYTES, PositionIndex, parse_yam
 from certgit.schemas.validator import validate_document
 
 _CACHE_PREFIX = "certgit.desired/v1:"
+_SCAN_PREFIX = "certgit.keyscan/v1:"  # verdicts for non-YAML files, by content key
 _DEFAULT_KEY_SIZE = {KeyAlgorithm.ECDSA: 256, KeyAlgorithm.RSA: 2048, KeyAlgorithm.ED25519: None}
 
 PathElement = str | int
@@ -111,7 +120,10 @@ class DesiredLoader:
         cache: MutableMapping[str, Any] | None = None,
         connector_types: Collection[str] | None = None,
         checks: Sequence[Check] = (),
+        sops: Any = None,
     ) -> None:
+        # Decrypts `secretRef.sops` files (a sops.SopsDecryptor); None: no age key configured.
+        self._sops = sops
         # Extra whole-commit checks run on every load, never cached (the site policy's
         # bounds, which live outside Git and may change between loads of one commit).
         self._checks = tuple(checks)
@@ -124,13 +136,18 @@ class DesiredLoader:
         self._connector_types = frozenset(connector_types)
         self._failed_connectors: set[str] = set()  # types that would not load, not retried
 
-    def load(self, files: Iterable[FileEntry], commit: str | None) -> DesiredState:
+    def load(
+        self, files: Iterable[FileEntry], commit: str | None, others: Iterable[FileEntry] = ()
+    ) -> DesiredState:
         """Validate and build every document of `files`.
 
+        `others` are the commit's remaining files (not desired state): each is
+        scanned for committed private keys, and `secretRef.sops` may name one.
         Raises ConfigErrors with every problem of the commit (paths exactly as
         in the FileEntry) when anything is wrong.
         """
         entries = sorted(files, key=lambda entry: entry.path)
+        rest = sorted(others, key=lambda entry: entry.path)
         problems: list[Problem] = []
         located: list[tuple[FileEntry, _Doc]] = []
         used_keys: set[str] = set()
@@ -145,6 +162,14 @@ class DesiredLoader:
                 Problem(entry.path, line, col, msg) for line, col, msg in result.problems
             )
             located.extend((entry, doc) for doc in result.docs)
+        for entry in rest:
+            scan_key = _SCAN_PREFIX + entry.key
+            used_keys.add(scan_key)
+            found = self._cache.get(scan_key)
+            if not isinstance(found, tuple):
+                found = find_private_keys(entry.read())
+                self._cache[scan_key] = found
+            problems.extend(Problem(entry.path, line, col, msg) for line, col, msg in found)
         if self._owns_cache:
             for stale in [key for key in self._cache if key not in used_keys]:
                 del self._cache[stale]
@@ -154,47 +179,64 @@ class DesiredLoader:
             located, self._connector_types, _Positions(), self._failed_connectors
         )
         problems.extend(ownership)
-        if not problems:
-            positions = _Positions()
-            for check in self._checks:
-                problems.extend(check(located, positions))
+        positions = _Positions()
+        for check in self._checks:
+            problems.extend(check(located, positions))
+        from certgit.reconciler.secretload import decrypt_sops_refs
+
+        secrets, failed = decrypt_sops_refs(located, (*entries, *rest), self._sops, positions)
+        problems.extend(failed)
         if problems:
             raise ConfigErrors(problems)
-        return _assemble(located, commit, warnings)
+        return _assemble(located, commit, warnings, secrets)
 
 
-def load_directory(root: Path) -> DesiredState:
+def load_directory(root: Path, checks: Sequence[Check] = (), sops: Any = None) -> DesiredState:
     """Load every `*.yaml`/`*.yml` under `root` (skipping dot-files and dot-directories).
 
     Paths are relative to `root` in POSIX form, keys are SHA-256 of the bytes,
-    and symlinks that lead out of `root` are ignored.
+    and symlinks that lead out of `root` are ignored. Every other file
+    (dot-files too, `.git` excepted) is scanned for committed private keys.
+    `checks` and `sops`: see DesiredLoader.
     """
-    return DesiredLoader().load(directory_entries(root), None)
+    yaml_files, others = directory_files(root)
+    return DesiredLoader(checks=checks, sops=sops).load(yaml_files, None, others)
 
 
 def directory_entries(root: Path) -> list[FileEntry]:
     """The YAML files under `root` as FileEntry objects (content read once, now)."""
+    return directory_files(root)[0]
+
+
+def directory_files(root: Path) -> tuple[list[FileEntry], list[FileEntry]]:
+    """(desired-state YAML files, every other file) under `root`, as FileEntry objects.
+
+    The YAML files are read now (at most one byte over the loader's cap); the
+    others only when the loader scans them.
+    """
     base = root.resolve()
     entries: list[FileEntry] = []
+    others: list[FileEntry] = []
     for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        hidden_dir = any(part.startswith(".") for part in Path(dirpath).relative_to(base).parts)
+        dirnames[:] = sorted(d for d in dirnames if d != ".git")
         for filename in sorted(filenames):
-            if filename.startswith(".") or not filename.endswith((".yaml", ".yml")):
-                continue
             full = Path(dirpath, filename)
             if not full.resolve().is_relative_to(base) or not full.resolve().is_file():
                 continue  # a symlink out of the repo, or to something that is not a file
+            path = full.relative_to(base).as_posix()
+            if hidden_dir or filename.startswith(".") or not filename.endswith((".yaml", ".yml")):
+                data = full.read_bytes()
+                key = hashlib.sha256(data).hexdigest()
+                others.append(FileEntry(path=path, key=key, read=_reader(data)))
+                continue
             with full.open("rb") as handle:
                 # One byte over the cap is enough for the loader to refuse the file.
                 data = handle.read(MAX_FILE_BYTES + 1)
             entries.append(
-                FileEntry(
-                    path=full.relative_to(base).as_posix(),
-                    key=hashlib.sha256(data).hexdigest(),
-                    read=_reader(data),
-                )
+                FileEntry(path=path, key=hashlib.sha256(data).hexdigest(), read=_reader(data))
             )
-    return sorted(entries, key=lambda entry: entry.path)
+    return sorted(entries, key=lambda e: e.path), sorted(others, key=lambda e: e.path)
 
 
 def _reader(data: bytes) -> Any:
@@ -205,12 +247,20 @@ def _reader(data: bytes) -> Any:
 
 
 def build_file(data: bytes) -> _FileResult:
-    """Parse, validate and build one file; problems positioned without a path."""
+    """Parse, validate and build one file; problems positioned without a path.
+
+    A committed private key anywhere in the file is a problem. A document with
+    top-level `sops` metadata and no `kind` is a SOPS-encrypted file (data for
+    `secretRef.sops`), not desired state: it is skipped.
+    """
     parsed = parse_yaml(data, "")
     fixed = [(p.line, p.column, p.message) for p in parsed.problems]
+    fixed.extend(find_private_keys(data))
     pending: list[_Pending] = []
     docs: list[_Doc] = []
     for index, doc in parsed.documents:
+        if is_sops_document(doc):
+            continue
         violations = validate_document(doc)
         model: Model | None = None
         if violations:
@@ -231,6 +281,16 @@ def build_file(data: bytes) -> _FileResult:
             line, column = positions.position(item.index, item.path, item.at_key)
             fixed.append((line, column, item.message))
     return _FileResult(tuple(docs), tuple(fixed))
+
+
+def is_sops_document(doc: Any) -> bool:
+    """True for a SOPS-encrypted YAML document: `sops` metadata at the top, no `kind`."""
+    return (
+        isinstance(doc, dict)
+        and "kind" not in doc
+        and isinstance(doc.get("sops"), dict)
+        and "mac" in doc["sops"]
+    )
 
 
 def _build(doc: dict[str, Any], index: int) -> tuple[Model | None, list[_Pending]]:
@@ -273,11 +333,21 @@ def _build_issuer(
         name=name,
         type=spec["type"],
         labels=labels,
-        ca_certificate=SecretRef(**cert_ref) if cert_ref else None,
-        ca_key=SecretRef(**key_ref) if key_ref else None,
+        ca_certificate=secret_ref(cert_ref) if cert_ref else None,
+        ca_key=secret_ref(key_ref) if key_ref else None,
         ca_common_name=local.get("commonName"),
         settings=dict(spec),
         source=None,
+    )
+
+
+def secret_ref(raw: Mapping[str, Any]) -> SecretRef:
+    """The model of a schema-valid `secretRef` mapping."""
+    sops = raw.get("sops")
+    return SecretRef(
+        env=raw.get("env"),
+        file=raw.get("file"),
+        sops=SopsRef(file=sops["file"], key=sops["key"]) if sops else None,
     )
 
 
@@ -511,14 +581,19 @@ def _cross_check(
 
 
 def _assemble(
-    located: list[tuple[FileEntry, _Doc]], commit: str | None, warnings: Iterable[Problem] = ()
+    located: list[tuple[FileEntry, _Doc]],
+    commit: str | None,
+    warnings: Iterable[Problem] = (),
+    secrets: Mapping[tuple[str, str], Model] | None = None,
 ) -> DesiredState:
+    """The DesiredState; `secrets` replaces (kind, name) models by ones holding decrypted values."""
     by_kind: dict[str, dict[str, Model]] = {kind: {} for kind in KINDS}
     for entry, doc in located:
         if doc.model is None:  # unreachable: a doc without model always comes with a problem
             continue
         source = SourceRef(entry.path, doc.index)
-        by_kind[doc.kind][doc.name] = _with_source(doc.model, source)
+        model = (secrets or {}).get((doc.kind, doc.name), doc.model)
+        by_kind[doc.kind][doc.name] = _with_source(model, source)
     return DesiredState(
         commit=commit,
         issuers=_sorted(by_kind["Issuer"]),

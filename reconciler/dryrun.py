@@ -22,8 +22,9 @@ def dry_run_lines(engine: Engine, desired: DesiredState, plan: Plan) -> list[str
     """What apply would do: preflight, grant and config checks per target; nothing is written."""
     from certgit.connectors.model import ChangeSet
     from certgit.reconciler.targets import target_spec
-    from certgit.reconciler.targetwork import build_bundle, default_loader, default_sandbox
+    from certgit.reconciler.targetwork import build_bundle, default_loader
 
+    sandboxes = engine.sandboxes(desired)
     lines: list[str] = []
     by_target: dict[str, list[Action]] = {}
     from certgit.reconciler.commands import gated_split
@@ -66,7 +67,7 @@ def dry_run_lines(engine: Engine, desired: DesiredState, plan: Plan) -> list[str
         try:
             spec = target_spec(target, engine.settings.state_dir, env=engine.env)
             connector = default_loader(target.type)
-            sandbox = default_sandbox(connector, spec)
+            sandbox = sandboxes(connector, spec)
             check = getattr(connector, "validate_only", None)
             change = ChangeSet(spec, tuple(bundles))
             if check is None:

@@ -16,14 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 from certgit.reconciler.config import Settings, SettingsError
 from certgit.reconciler.desired import DesiredLoader
-from certgit.reconciler.errors import ConfigErrors, SourceError
+from certgit.reconciler.errors import ConfigErrors, SourceError, UnsignedCommit
 from certgit.reconciler.model import DesiredState, LiveObservation, RecordedState
 from certgit.reconciler.planner import Plan, diff
 from certgit.reconciler.statedir import StateDir
 from certgit.reconciler.store.doccache import DocumentCache
 
 if TYPE_CHECKING:
+    from certgit.reconciler.signatures import CommitVerifier
+    from certgit.reconciler.sitecheck import SiteCheck
     from certgit.reconciler.sitepolicy import SitePolicy
+    from certgit.reconciler.sops import SopsDecryptor
     from certgit.reconciler.source import GitSource, Snapshot
     from certgit.reconciler.store import Store
 
@@ -62,9 +65,14 @@ class Degraded:
     head: str | None = None  # the rejected head, when it was fetched
     problems: tuple[str, ...] = ()  # the head's problems (FILE:LINE:COL: message)
     error: str | None = None  # the SourceError text
+    # The refused signature when the head (or a commit below it) is not signed by an
+    # allowed key: {"commit", "verdict" (git's %G?), "signer", "key"}.
+    signature: Mapping[str, str] | None = None
 
     @property
     def reason(self) -> str:
+        if self.signature is not None:
+            return "unsigned-head"
         return "invalid-head" if self.problems else "source-error"
 
     def warning(self) -> str:
@@ -90,6 +98,7 @@ class Degraded:
             "head": self.head,
             "problems": list(self.problems),
             "error": self.error,
+            "signature": dict(self.signature) if self.signature is not None else None,
         }
 
 
@@ -134,7 +143,7 @@ class Engine:
 
         path, inline = locate_site_policy(
             str(self.settings.site_policy) if self.settings.site_policy else None,
-            {},
+            self.env,
             self.settings.site_inline,
             self.settings.config_file,
         )
@@ -148,7 +157,43 @@ class Engine:
 
     @cached_property
     def loader(self) -> DesiredLoader:
-        return DesiredLoader(cache=self.doc_cache)
+        return DesiredLoader(cache=self.doc_cache, checks=[self.site_check], sops=self.sops)
+
+    @cached_property
+    def sops(self) -> SopsDecryptor:
+        """Decrypts the commit's SOPS files with the site policy's age key (sops.py)."""
+        from certgit.reconciler.sops import SopsDecryptor
+
+        return SopsDecryptor(self.site.secrets.sops_age_key_file)
+
+    @cached_property
+    def site_check(self) -> SiteCheck:
+        """The loader check that holds a commit to the site policy (sitecheck.py)."""
+        from certgit.reconciler.sitecheck import SiteCheck
+
+        return SiteCheck(self.site, self.settings.state_dir)
+
+    def sandboxes(self, desired: DesiredState) -> Callable[[Any, Any], Any]:
+        """Sandbox maker whose grants are the connector's within the site's bounds."""
+        from certgit.reconciler.sitebounds import sandbox_factory
+
+        labels = {name: dict(t.labels) for name, t in desired.targets.items()}
+        return sandbox_factory(self.site, self.settings.state_dir, labels)
+
+    @cached_property
+    def signatures(self) -> CommitVerifier | None:
+        """The site policy's signed-commit check (signatures.py); None when not required."""
+        if not self.site.signatures.required:
+            return None
+        from certgit.reconciler.signatures import CommitVerifier
+
+        return CommitVerifier(self.site.signatures, env=self.env)
+
+    def _verify_signatures(self, commit: str) -> None:
+        """UnsignedCommit unless `commit` and those since the last applied one are signed."""
+        if self.signatures is not None:
+            last_applied = self.store.last_applied_commit
+            self.signatures.verify(self.source.mirror_path, commit, last_applied)
 
     @cached_property
     def source(self) -> GitSource:
@@ -190,6 +235,7 @@ class Engine:
         try:
             snapshot = self.source.poll(last_applied=self.store.last_applied_commit)
             head = snapshot.commit
+            self._verify_signatures(head)  # before loading: an unsigned commit is never read
             desired = self._load(snapshot)
         except (ConfigErrors, SourceError) as exc:
             if not fallback:
@@ -199,6 +245,7 @@ class Engine:
                 raise
             kept: DesiredState | None = None
             try:
+                self._verify_signatures(good)  # the fallback too, under today's policy
                 kept = self._load(self.source.snapshot_of(good))
             except (ConfigErrors, SourceError):
                 pass  # the mirror lost it too: report the head's own error
@@ -212,6 +259,7 @@ class Engine:
                 head=head,
                 problems=problems,
                 error=None if problems else str(exc),
+                signature=_refused_signature(exc),
             )
             return desired
         if self.store.get_source_state(LAST_GOOD_COMMIT) != snapshot.commit:
@@ -224,7 +272,7 @@ class Engine:
             desired = replace(self._last_desired, commit=snapshot.commit)
         else:
             try:
-                desired = self.loader.load(snapshot.files, snapshot.commit)
+                desired = self.loader.load(snapshot.files, snapshot.commit, snapshot.others)
             finally:
                 self.doc_cache.flush()  # files with problems are worth keeping too
             self._last_tree = snapshot.tree
@@ -237,7 +285,13 @@ class Engine:
         """What every recorded binding's target holds now (see `certgit.reconciler.observe`)."""
         from certgit.reconciler.observe import observe
 
-        return observe(desired, recorded, self.settings.state_dir, self.clock())
+        return observe(
+            desired,
+            recorded,
+            self.settings.state_dir,
+            self.clock(),
+            sandbox_factory=self.sandboxes(desired),
+        )
 
     def probe(self) -> dict[tuple[str, str], LiveObservation]:
         """Live observations of every recorded binding of the desired state in force."""
@@ -261,6 +315,7 @@ class Engine:
         """
         polled = desired is None
         desired = desired if desired is not None else self.desired(fallback=fallback)
+        desired = self.gated(desired)
         recorded = self.store.recorded_state()
         if live is None and refresh:
             live = self.observe(desired, recorded)
@@ -280,6 +335,29 @@ class Engine:
         if polled and not live and self._last_tree is not None:
             self._last_plan = (self._last_tree, recorded, plan)
         return plan
+
+    def gated(self, desired: DesiredState) -> DesiredState:
+        """`desired` with the gates Git cannot remove by itself (gates.py): the site's
+        approval rules, and Git gates in force that this commit removes or changes."""
+        import json
+
+        from certgit.reconciler.gates import GATES_IN_FORCE, change, git_gates, held_over
+
+        new = git_gates(desired)
+        raw = self.store.get_source_state(GATES_IN_FORCE)
+        in_force = json.loads(raw) if raw else None
+        held: tuple[Any, ...] = ()
+        if in_force is None or not (held := held_over(in_force, new)):
+            # nothing weakened: added gates take effect at once, and are what is in force
+            if in_force != new:
+                self.store.set_source_state(GATES_IN_FORCE, json.dumps(new, sort_keys=True))
+            in_force = new
+        return replace(
+            desired,
+            site_approvals=tuple(self.site.approvals),
+            held_gates=held,
+            gate_change=change(in_force, new),
+        )
 
     def _continue_lineage(self, plan: Plan) -> Plan:
         if plan.empty:
@@ -320,9 +398,25 @@ class Engine:
             self.store.close()
 
 
+def _refused_signature(exc: Exception) -> dict[str, str] | None:
+    if not isinstance(exc, UnsignedCommit):
+        return None
+    return {"commit": exc.commit, "verdict": exc.verdict, "signer": exc.signer, "key": exc.key}
+
+
 _MOVED_TO_COMMANDS = frozenset(
-    {"ApplyOutcome", "RollbackOutcome", "StalePlan", "apply", "approved_by", "decide",
-     "decision_for", "release", "retry", "rollback"}
+    {
+        "ApplyOutcome",
+        "RollbackOutcome",
+        "StalePlan",
+        "apply",
+        "approved_by",
+        "decide",
+        "decision_for",
+        "release",
+        "retry",
+        "rollback",
+    }
 )
 
 

@@ -21,17 +21,19 @@ A failing target never blocks the others.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certgit.connectors.model import ChangeSet, Removal, TargetSpec
 from certgit.connectors.model import Deployment as Bundle
 from certgit.reconciler.errors import CertgitError
+from certgit.reconciler.gates import GATES_IN_FORCE
 from certgit.reconciler.issuance import Issuance, IssueOutcome
 from certgit.reconciler.jobs import RunReport, TargetCall, TargetJob, TargetResult
 from certgit.reconciler.model import DesiredState
@@ -54,6 +56,9 @@ from certgit.reconciler.targetwork import (
     relocations,
     target_lock,
 )
+
+if TYPE_CHECKING:
+    from certgit.reconciler.sitepolicy import SitePolicy
 
 ISSUE_KINDS = ("issue", "renew")
 DEPLOY_KINDS = ("deploy", "rollback")
@@ -93,6 +98,7 @@ class Executor(OutcomeRecorder):
         sandbox_factory: Callable[[Any, TargetSpec], Any] | None = None,
         recover: Callable[[Any, Path], list[str]] | None = None,
         on_event: Callable[[Any], None] | None = None,
+        site: SitePolicy | None = None,
     ) -> None:
         self.store = store
         self.state_dir = Path(state_dir)
@@ -102,7 +108,8 @@ class Executor(OutcomeRecorder):
         self.config = config
         self.owner = outbox.new_owner()
         self.env: Mapping[str, str] = os.environ if env is None else env
-        self.issuance = Issuance(store, state_dir, env=self.env)
+        # the site policy bounds what Issuers' secretRefs read (None: the default, none)
+        self.issuance = Issuance(store, state_dir, env=self.env, site=site)
         self._load = connector_loader or default_loader
         self._sandbox = sandbox_factory or default_sandbox
         self._recover = recover or default_recover
@@ -119,6 +126,8 @@ class Executor(OutcomeRecorder):
         )
         if not messages:
             return RunReport()
+        self._gates([m for m in messages if m.kind == "gates"])
+        messages = [m for m in messages if m.kind != "gates"]
         issued, issue_errors = self._issue([m for m in messages if m.kind in ISSUE_KINDS])
         jobs, groups, results = self._prepare(
             [m for m in messages if m.kind not in ISSUE_KINDS], issue_errors
@@ -143,6 +152,31 @@ class Executor(OutcomeRecorder):
             issue_errors=issue_errors,
             targets=tuple(sorted(results, key=lambda r: r.target)),
         )
+
+    # ------------------------------------------------------------------ gates
+
+    def _gates(self, messages: Sequence[Message]) -> None:
+        """An approved weakening of the approval gates takes effect (gates.py)."""
+        from certgit.reconciler.gates import gates_hash, git_gates
+
+        for m in messages:
+            now = self.clock()
+            new = git_gates(self.desired)
+            if gates_hash(new) != m.action.spec_hash:
+                error = (
+                    "the approval gates changed again since this change was approved; "
+                    "approve the current plan's gate change instead"
+                )
+                self._fail([m], error, temporary=False)
+                continue
+            self.store.set_source_state(GATES_IN_FORCE, json.dumps(new, sort_keys=True))
+            self.store.audit(
+                self.actor, "gates.changed", "approval gates",
+                {"changes": list(m.action.changes), "plan": m.plan_hash}, now,
+                plan_hash=m.plan_hash, action_id=m.action_id,
+            )
+            self._event("gates.changed", "approval gates", changes=list(m.action.changes))
+            outbox.complete(self.store, [m], self.owner, self.clock())
 
     # ------------------------------------------------------------------ issuance
 

@@ -82,12 +82,69 @@ class KeySpec:
     rotation: KeyRotation = KeyRotation.ALWAYS
 
 
+class SecretBytes:
+    """A decrypted secret held in memory only: no repr, no str, never pickled.
+
+    `reveal()` gives the bytes to the one caller that needs them. Pickling
+    raises, so a model holding one can never reach the document cache, the
+    state store or any other file by accident; repr/str/JSON show a placeholder.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes) -> None:
+        self._value = bytes(value)
+
+    def reveal(self) -> bytes:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a decrypted secret is never pickled or persisted")
+
+    def __copy__(self) -> SecretBytes:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> SecretBytes:
+        return self
+
+
+@dataclass(frozen=True)
+class SopsRef:
+    """One top-level `key` of a SOPS-encrypted `file` of the same commit.
+
+    `file` is relative to the desired-state root (the source path), like every
+    path the loader reports.
+    """
+
+    file: str
+    key: str
+
+
 @dataclass(frozen=True)
 class SecretRef:
-    """A secret referenced from Git, never stored there: exactly one of env or file."""
+    """A secret referenced from Git, never stored there: exactly one of env, file or sops.
+
+    `value` is set by the loader for a `sops` ref (decrypted at load time, in
+    memory only); it takes no part in equality, hashing or repr.
+    """
 
     env: str | None = None
     file: str | None = None
+    sops: SopsRef | None = None
+    value: SecretBytes | None = field(default=None, compare=False, repr=False)
+
+    def describe(self) -> str:
+        """Where the secret comes from, for messages (never its value)."""
+        if self.sops is not None:
+            return f"sops {self.sops.file} key {self.sops.key}"
+        if self.env is not None:
+            return f"env {self.env}"
+        return f"file {self.file}"
 
 
 @dataclass(frozen=True)
@@ -243,6 +300,11 @@ class DesiredState:
     # Positioned problems that do not reject the commit (a key type a bound Target
     # does not accept); `certgit validate` prints them as "FILE:LINE:COL: warning: ...".
     warnings: tuple[Problem, ...] = ()
+    # Set by the engine, not by the loader (gates.py): the site policy's approval rules,
+    # Git gates in force that this commit removes (HeldRule), and the weakening itself.
+    site_approvals: tuple[ApprovalRule, ...] = ()
+    held_gates: tuple[Any, ...] = ()
+    gate_change: Any = None
 
     def bindings(self) -> Iterator[tuple[Certificate, Binding]]:
         """Every (certificate, binding) pair, in name order."""
@@ -365,6 +427,7 @@ class ActionKind(StrEnum):
     DEPLOY = "deploy"
     REMOVE = "remove"
     ROLLBACK = "rollback"
+    GATES = "gates"  # the commit weakens approval gates in force (gates.py)
 
 
 class Drift(StrEnum):

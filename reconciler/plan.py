@@ -27,6 +27,7 @@ _KIND_ORDER = {
     ActionKind.ROLLBACK: 1,
     ActionKind.DEPLOY: 1,
     ActionKind.REMOVE: 2,
+    ActionKind.GATES: 0,
 }
 
 

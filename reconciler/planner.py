@@ -38,6 +38,9 @@ from certgit.reconciler.model import (
 from certgit.reconciler.plan import Action, BindingStatus, Plan
 from certgit.reconciler.renewal import renew_before_for
 
+# The subject of the `gates` action (no certificate): how plans and approvals name it.
+GATES_SUBJECT = "(approval gates)"
+
 
 def format_span(delta: timedelta) -> str:
     """Human duration for reasons: `12d`, `5h`, `40m` (rounded down, never negative)."""
@@ -65,14 +68,22 @@ class _Gate:
 
     def __init__(self, desired: DesiredState) -> None:
         self._rules = [
-            (f"{policy.name}/{rule.name}", rule)
+            (f"site {rule.name}", rule) for rule in desired.site_approvals
+        ] + [
+            (f"policy {policy.name}/{rule.name}", rule)
             for name in sorted(desired.policies)
             for policy in (desired.policies[name],)
             for rule in policy.approvals
+        ] + [(held.label, held.rule) for held in desired.held_gates if held.rule is not None]
+        # Target hooks a commit removed but that stay in force (gates.py): by target name.
+        self._held_hooks = [
+            (held.label, held.target, held.hook)
+            for held in desired.held_gates
+            if held.hook is not None
         ]
         self._targets = desired.targets
         self._certificates = desired.certificates
-        self._hooks = any(
+        self._hooks = bool(self._held_hooks) or any(
             t.approval is not None and t.approval.required for t in desired.targets.values()
         )
 
@@ -97,10 +108,13 @@ class _Gate:
                 rule.target_labels, tgt.labels if tgt else None
             ):
                 continue
-            reasons.append(f"policy {label}")
+            reasons.append(label)
         if tgt is not None and tgt.approval is not None and tgt.approval.required:
             if not tgt.approval.actions or str(kind) in tgt.approval.actions:
                 reasons.append(f"target {tgt.name} approval")
+        for label, held_target, hook in self._held_hooks:
+            if target == held_target and (not hook.actions or str(kind) in hook.actions):
+                reasons.append(label)
         return tuple(reasons)
 
 
@@ -240,6 +254,22 @@ def diff(
         # Certificates and their bindings were visited in order; only orphans need merging.
         actions.sort(key=Action.sort_key)
         statuses.sort(key=lambda s: (s.certificate, s.target))
+    if desired.gate_change is not None:
+        # First, and always gated: the weaker gates take effect only once approved (gates.py).
+        actions.insert(
+            0,
+            Action(
+                kind=ActionKind.GATES,
+                certificate=GATES_SUBJECT,
+                target=None,
+                drift=Drift.OUTDATED,
+                reason="this commit removes or changes approval gates in force; they keep "
+                "gating until this change is approved",
+                spec_hash=desired.gate_change.hash,
+                gated_by=("gate change",),
+                changes=tuple(desired.gate_change.lines),
+            ),
+        )
     return Plan(
         commit=desired.commit,
         actions=tuple(actions),

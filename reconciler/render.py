@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from certgit.reconciler.commands import ApplyOutcome
     from certgit.reconciler.planner import BindingStatus, Plan
 
-_SYMBOL = {"issue": "+", "renew": "~", "deploy": "~", "remove": "-", "rollback": "<"}
+_SYMBOL = {"issue": "+", "renew": "~", "deploy": "~", "remove": "-", "rollback": "<", "gates": "!"}
 IN_SYNC = "No changes. Every binding is in sync."
 
 
@@ -90,7 +90,10 @@ def render_plan(plan: Plan, approved: Mapping[str, str] | None = None) -> str:
     counts: dict[str, int] = {}
     for a in plan.actions:
         counts[str(a.kind)] = counts.get(str(a.kind), 0) + 1
-    summary = ", ".join(f"{n} to {kind}" for kind, n in sorted(counts.items()))
+    summary = ", ".join(
+        "1 gate change" if kind == "gates" else f"{n} to {kind}"
+        for kind, n in sorted(counts.items())
+    )
     abandoned = sum(1 for a in plan.actions if a.drift == Drift.ABANDONED)
     if abandoned:
         summary += f" ({abandoned} abandoned: `certgit retry` re-arms)"

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from certgit.connectors.sdk.grants import Grants, parse_endpoint, path_within
 from certgit.reconciler.sitepolicy import (
@@ -155,11 +156,8 @@ class TargetBounds:
                     writes.append(grant)
                 elif path_within(root, grant):
                     writes.append(root)
-        binaries = {os.path.realpath(rule.argv[0]) for rule in self.commands} | {
-            rule.argv[0] for rule in self.commands
-        }
         execs = tuple(
-            b for b in grants.process_exec if b in binaries or os.path.realpath(b) in binaries
+            b for b in grants.process_exec if any(r.allows_binary(b) for r in self.commands)
         )
         dials: list[str] = []
         for endpoint in grants.net_dial:
@@ -220,7 +218,7 @@ def bounds_for(
         deny=tuple(dict.fromkeys(deny)),
         commands=tuple(dict.fromkeys(commands)),
         endpoints=tuple(dict.fromkeys(endpoints)),
-        source=policy.source,
+        source=policy.where,
         state_dirs=tuple(dict.fromkeys((state, real_state))),
     )
 
@@ -249,3 +247,27 @@ def _state_entries(state: str) -> list[str]:
     except OSError:
         present = []
     return list(dict.fromkeys((*_STATE_OWN, *present)))
+
+
+def sandbox_factory(
+    policy: SitePolicy,
+    state_dir: Path,
+    labels_of: Mapping[str, Mapping[str, str]],
+) -> Callable[[Any, Any], Any]:
+    """A sandbox maker for the executor, observation and the dry run.
+
+    Each sandbox holds the connector's declared grants restricted to the
+    target's site bounds (`TargetBounds.restrict`). `labels_of` gives each
+    desired target's labels; a target no longer desired (an orphan being
+    removed) is bounded by the site-wide allowances and name/type scopes.
+    """
+
+    def make(connector: Any, spec: Any) -> Any:
+        from certgit.connectors.sdk.registry import sandbox_for
+        from certgit.connectors.sdk.sandbox import Sandbox
+
+        declared = sandbox_for(connector, spec)  # refuses unknown transports
+        bounds = bounds_for(policy, spec.name, spec.type, labels_of.get(spec.name, {}), state_dir)
+        return Sandbox(bounds.restrict(declared.grants), declared.transport, target=spec.name)
+
+    return make

@@ -357,17 +357,33 @@ class _Reader:
             return ()
         out: list[CommandRule] = []
         for position, item in enumerate(value):
-            prefix = False
+            prefix = under = False
             if isinstance(item, Mapping):
-                unknown = set(item) - {"prefix", "argv"}
+                unknown = set(item) - {"prefix", "argv", "under"}
                 if unknown or len(item) != 1:
                     self.problem(
                         where,
                         f"{_dotted(where)}[{position}] must be an argv list, "
-                        "{ argv = [...] } or { prefix = [...] }",
+                        '{ argv = [...] }, { prefix = [...] } or { under = "/dir" }',
                     )
                     continue
                 prefix = "prefix" in item
+                under = "under" in item
+                if under:
+                    directory = item["under"]
+                    if (
+                        not isinstance(directory, str)
+                        or not directory.startswith("/")
+                        or (normalize_path(directory) == "/")
+                    ):
+                        self.problem(
+                            where,
+                            f"{_dotted(where)}[{position}].under must be an absolute directory "
+                            "other than /",
+                        )
+                        continue
+                    out.append(CommandRule((normalize_path(directory),), under=True))
+                    continue
                 item = item.get("prefix", item.get("argv"))
             if (
                 not isinstance(item, list)

@@ -31,13 +31,14 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from certgit.connectors.sdk.grants import parse_endpoint
+from certgit.connectors.sdk.transport import DEFAULT_PASSTHROUGH, scrub_env
 from certgit.reconciler.errors import CertgitError, Problem
 from certgit.reconciler.model import ApprovalRule
 
@@ -83,8 +84,9 @@ _KEY_ALIASES = {
 }
 ISSUER_TYPES: tuple[str, ...] = ("local-ca", "acme")
 
-# What a validate/reload child sees of certgit's environment unless the policy says more.
-DEFAULT_PASSTHROUGH: tuple[str, ...] = ("PATH", "LANG", "LANGUAGE", "LC_*", "TZ")
+# What a validate/reload child sees of certgit's environment unless the policy says more
+# (DEFAULT_PASSTHROUGH) and how it is cut (scrub_env) live in the connector SDK, which
+# LocalTransport uses and which may not import the reconciler; both stay importable here.
 
 DEFAULT_MAX_CERTIFICATES = 50_000
 DEFAULT_MAX_SANS = 100
@@ -108,28 +110,45 @@ class SitePolicyError(CertgitError):
 
 @dataclass(frozen=True)
 class CommandRule:
-    """An allowed validate/reload argv: exactly `argv`, or any argv starting with it (`prefix`).
+    """An allowed validate/reload argv.
 
-    argv[0] is an absolute path; a target's argv[0] is looked up on PATH and
-    both sides are compared after resolving symlinks.
+    Exactly `argv`, or any argv starting with it (`prefix`), or any program
+    whose real path lies under the directory `under` (an operator's hook
+    directory), with any arguments. argv[0] is an absolute path; a target's
+    argv[0] is looked up on PATH and both sides are compared after resolving
+    symlinks.
     """
 
     argv: tuple[str, ...]
     prefix: bool = False
+    under: bool = False  # argv == (directory,)
     origin: str = "site"  # "site" or "builtin <connector>"
 
     def matches(self, argv: Sequence[str], realpath: Any = os.path.realpath) -> bool:
-        if (
-            not argv
-            or len(argv) < len(self.argv)
-            or (not self.prefix and len(argv) != len(self.argv))
-        ):
+        if not argv:
+            return False
+        if self.under:
+            from certgit.connectors.sdk.grants import path_within
+
+            return path_within(_real(argv[0], realpath), _real(self.argv[0], realpath))
+        if len(argv) < len(self.argv) or (not self.prefix and len(argv) != len(self.argv)):
             return False
         if _real(self.argv[0], realpath) != _real(argv[0], realpath):
             return False
         return tuple(argv[1 : len(self.argv)]) == self.argv[1:]
 
+    def allows_binary(self, binary: str, realpath: Any = os.path.realpath) -> bool:
+        """True if some argv this rule allows runs `binary` (the sandbox's exec grant)."""
+        real = _real(binary, realpath)
+        if self.under:
+            from certgit.connectors.sdk.grants import path_within
+
+            return path_within(real, _real(self.argv[0], realpath))
+        return real == _real(self.argv[0], realpath) or binary == self.argv[0]
+
     def describe(self) -> str:
+        if self.under:
+            return f"any program under {self.argv[0]}"
         text = " ".join(self.argv)
         return f"{text} ..." if self.prefix else text
 
@@ -256,6 +275,16 @@ class SitePolicy:
     def is_default(self) -> bool:
         return self.source == BUILTIN_DEFAULTS
 
+    @property
+    def where(self) -> str:
+        """Where an operator changes this policy, for error messages."""
+        if self.is_default:
+            return (
+                f"a site policy (none is in use: write {DEFAULT_SITE_POLICY} or pass "
+                "--site-policy FILE)"
+            )
+        return self.source
+
     def allowances_for(self, name: str, type_: str, labels: Mapping[str, str]) -> Allowances:
         """The site-wide allowances plus those of every scope matching the target."""
         parts = [self.allow] + [s.allow for s in self.scopes if s.applies(name, type_, labels)]
@@ -273,15 +302,6 @@ class SitePolicy:
     def child_env(self, environ: Mapping[str, str]) -> dict[str, str]:
         """The environment a validate/reload child gets: passthrough names only, no CERTGIT_*."""
         return scrub_env(environ, self.env_passthrough)
-
-
-def scrub_env(environ: Mapping[str, str], passthrough: Iterable[str]) -> dict[str, str]:
-    patterns = tuple(passthrough)
-    return {
-        k: v
-        for k, v in environ.items()
-        if not k.startswith("CERTGIT_") and any(fnmatch.fnmatchcase(k, p) for p in patterns)
-    }
 
 
 # --------------------------------------------------------------------------- deny list
