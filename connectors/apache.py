@@ -1,11 +1,13 @@
 """The `apache` connector: leaf, chain and key files; `apachectl configtest`; graceful reload.
 
-Debian defaults: /etc/ssl/certs/{name}.crt and /etc/ssl/certs/{name}.chain.pem
+Defaults in Debian's layout, under certgit's own directory:
+/etc/ssl/certgit/certs/{name}.crt and /etc/ssl/certgit/certs/{name}.chain.pem
 (0644) for SSLCertificateFile / SSLCertificateChainFile, and
-/etc/ssl/private/{name}.key (0600) for SSLCertificateKeyFile. The directory is
-/etc/ssl with the file names relative to it, so one grant covers both
-subdirectories. A graceful restart that meets a bad certificate stops the
-parent process, and `apachectl configtest` does NOT load certificates (it
+/etc/ssl/certgit/private/{name}.key (0600) for SSLCertificateKeyFile. The
+directory is /etc/ssl/certgit with the file names relative to it, so one
+grant covers both subdirectories (and never the system's /etc/ssl/certs).
+A graceful restart that meets a bad certificate stops the parent process,
+and `apachectl configtest` does NOT load certificates (it
 passes a 1024-bit RSA key that the graceful restart then refuses with "ee key
 too small", taking Apache down). So this connector's preflight also refuses
 keys below OpenSSL 3's default security level (RSA < 2048 bits), before
@@ -37,7 +39,8 @@ class ApacheConnector(FileConnector):
     roles: ClassVar[Mapping[str, str | None]] = file_roles(
         certificate="certs/{name}.crt", chain="certs/{name}.chain.pem", key="private/{name}.key"
     )
-    default_directory: ClassVar[str | None] = "/etc/ssl"
+    # certgit's own subdirectory: /etc/ssl itself holds the system's trust store and keys
+    default_directory: ClassVar[str | None] = "/etc/ssl/certgit"
     validate_command: ClassVar[tuple[str, ...] | None] = ("apachectl", "configtest")
     reload_command: ClassVar[tuple[str, ...] | None] = ("apachectl", "graceful")
     config_test: ClassVar[ServerTest | None] = APACHE

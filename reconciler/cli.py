@@ -57,6 +57,7 @@ def _engine(args: argparse.Namespace, *, create: bool = True) -> Engine:
             "state_dir": args.state_dir,
             "config": args.config,
             "allow_history_rewrite": args.allow_history_rewrite,
+            "site_policy": getattr(args, "site_policy", None),
         }
     )
     return Engine(settings, create_state=create)
@@ -377,6 +378,7 @@ from certgit.reconciler.cli_operator import (  # noqa: E402 - after the helpers 
     cmd_retry,
     cmd_rollback,
 )
+from certgit.reconciler.cli_site import cmd_site  # noqa: E402 - after the helpers it uses
 
 COMMANDS = {
     "init": _cmd_init_any,
@@ -391,6 +393,7 @@ COMMANDS = {
     "history": cmd_history,
     "status": _cmd_status,
     "audit": cmd_audit,
+    "site": cmd_site,
     "schema": _cmd_schema,
     "completion": _cmd_completion,
 }

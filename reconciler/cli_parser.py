@@ -240,11 +240,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _status_filters(p)
 
-    p = sub.add_parser("audit", parents=[common], help="the hash-chained audit log")
+    p = sub.add_parser("audit", parents=[common], help="the keyed, hash-chained audit log")
     audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
-    audit_sub.add_parser("verify", parents=[common], help="check the hash chain")
+    audit_sub.add_parser(
+        "verify", parents=[common], help="check the keyed chain and the head file beside state.db"
+    )
+    anchor = audit_sub.add_parser(
+        "anchor",
+        parents=[common],
+        help="accept state.db as it is after a verify failure you have investigated "
+        "(rows are still checked with the key); recorded in the log",
+    )
+    anchor.add_argument("--reason", required=True, help="why; written to the audit log")
+    anchor.add_argument("--as", dest="actor", help="identity recorded in the audit log")
     show = audit_sub.add_parser("show", parents=[common], help="print audit entries")
     show.add_argument("--limit", type=_count, default=50, help="last N entries (0 = all)")
+
+    p = sub.add_parser("site", parents=[common], help="the operator's site policy")
+    site_sub = p.add_subparsers(dest="site_command", required=True, metavar="SUBCOMMAND")
+    show = site_sub.add_parser(
+        "show", parents=[common], help="the site policy in force: where it is, what it allows"
+    )
+    show.add_argument("--example", action="store_true",
+                      help="print a commented example policy to start from instead")
 
     p = sub.add_parser("completion", parents=[common], help="print the shell completion script")
     p.add_argument("shell", choices=COMPLETION_SHELLS, metavar="SHELL",

@@ -122,6 +122,8 @@ def load_site_policy(
     extra = [path] if path is not None else []
     if policy.signatures.allowed_signers:
         extra.append(policy.signatures.allowed_signers)
+    if policy.signatures.gpg_home:
+        extra.append(policy.signatures.gpg_home)
     if policy.secrets.sops_age_key_file:
         extra.append(policy.secrets.sops_age_key_file)
     return _with_protected(policy, _protected([*protected, *extra]))

@@ -47,7 +47,11 @@ def test_plan_exits_0_and_detailed_exitcode_gives_0_1_2(cli, sample_git, tmp_pat
     assert cli("plan", "--detailed-exitcode", "--repo", str(path)).code == 2
     quiet = tmp_path / "quiet"
     commit_files(init_repo(quiet), ISSUER_ONLY, "an issuer, no certificate")
-    assert cli("plan", "--detailed-exitcode", "--repo", str(quiet)).code == 0
+    # its own state: against the sample's, dropping the sample's Policy is a gate change
+    quiet_state = str(tmp_path / "quiet-state")
+    assert cli("init", "--state-dir", quiet_state).code == 0
+    r = cli("plan", "--detailed-exitcode", "--repo", str(quiet), "--state-dir", quiet_state)
+    assert r.code == 0, r.out + r.err
     bad = tmp_path / "bad"
     commit_files(init_repo(bad), {"a.yaml": b"kind: [unclosed\n"}, "broken")
     r = cli("plan", "--detailed-exitcode", "--repo", str(bad))

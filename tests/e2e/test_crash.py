@@ -89,6 +89,8 @@ def _env(root: Path) -> dict[str, str]:
         HOME=str(root / "home"),
         XDG_CONFIG_HOME=str(root / "home"),
         GIT_CONFIG_NOSYSTEM="1",
+        # the suite's site policy (tests/conftest.py): it allows the reload.sh hook
+        CERTGIT_SITE_POLICY=os.environ["CERTGIT_SITE_POLICY"],
     )
     return env
 

@@ -50,6 +50,13 @@ REPO = {
 }
 
 
+def srv_site_policy(tmp_path: Path) -> str:
+    """A site policy that lets these targets write where they name (/srv/...)."""
+    path = tmp_path / "site.toml"
+    path.write_text('[paths]\nallow = ["/srv/apache-ssl", "/srv/envoy"]\n')
+    return str(path)
+
+
 def write(root: Path, files: dict[str, str]) -> Path:
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +67,10 @@ def write(root: Path, files: dict[str, str]) -> Path:
 def test_validate_refuses_two_bindings_writing_one_file(tmp_path: Path) -> None:
     repo = write(tmp_path / "repo", REPO)
     r = subprocess.run(
-        [str(BIN / "certgit"), "validate", str(repo)], capture_output=True, text=True, timeout=60
+        [str(BIN / "certgit"), "validate", str(repo), "--site-policy", srv_site_policy(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 1, r.stdout + r.stderr
     [line] = r.stdout.splitlines()
@@ -86,7 +96,7 @@ def test_validate_warns_about_a_key_type_a_target_does_not_accept(cli, tmp_path:
         "  issuerRef: {name: ca}\n", "  key: {algorithm: Ed25519}\n  issuerRef: {name: ca}\n"
     ) + "    - target: edge\n"
     repo = write(tmp_path / "repo", files)
-    r = cli("validate", str(repo))
+    r = cli("validate", str(repo), "--site-policy", srv_site_policy(tmp_path))
     assert r.code == 0, r.out + r.err
     warning, summary = r.out.splitlines()
     assert warning.startswith("certificates/shop.yaml:10:15: warning: "), warning

@@ -90,7 +90,7 @@ def test_two_bindings_naming_one_path_on_one_target_name_both_documents() -> Non
     # positioned at b's files.certificate, naming a's deployTo entry
     assert (problem.path, problem.line, problem.column) == ("certs/b.yaml", 10, 28)
     assert "certs/a.yaml:9:15" in problem.message
-    assert "/etc/ssl/certs/a.crt" in problem.message
+    assert "/etc/ssl/certgit/certs/a.crt" in problem.message
     assert 'Certificate "a"' in problem.message and 'Certificate "b"' in problem.message
     assert "spec.deployTo[0].files.certificate" in problem.message
 
@@ -169,7 +169,7 @@ def test_a_path_written_as_one_certificate_and_another_key() -> None:
     )
     assert (problem.path, problem.line, problem.column) == ("certs/b.yaml", 10, 28)
     assert "certs/a.yaml:9:15" in problem.message
-    assert "/etc/ssl/private/a.key" in problem.message
+    assert "/etc/ssl/certgit/private/a.key" in problem.message
     assert "would hold this binding's certificate and Certificate \"a\"'s private key" in (
         problem.message
     )
@@ -188,7 +188,7 @@ def test_one_binding_giving_two_roles_one_file() -> None:
     )
     assert problem.path == "certs/a.yaml"
     assert "its chain and its certificate" in problem.message
-    assert "/etc/ssl/x.pem" in problem.message
+    assert "/etc/ssl/certgit/x.pem" in problem.message
 
 
 def test_companion_files_count_too() -> None:

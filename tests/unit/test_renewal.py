@@ -122,7 +122,6 @@ def _ca_in_state_dir(state_dir: Path, left: timedelta) -> LocalCA:
         passphrase=ca_passphrase(KEY),
         now=created,
         env=ENV,
-        base_dir=state_dir,
     )
 
 
@@ -242,7 +241,7 @@ def test_validate_is_quiet_when_the_ca_outlives_the_duration(tmp_path: Path) -> 
 
 @pytest.mark.usefixtures("clean_env")
 def test_validate_without_a_ca_neither_warns_nor_creates_anything(tmp_path: Path) -> None:
-    _repo(tmp_path / "repo", "  duration: 36500d\n")
+    _repo(tmp_path / "repo", "  duration: 3650d\n")  # the site policy's default cap
     code, _out, err = _validate(str(tmp_path / "repo"))
     assert (code, err) == (0, "")
     assert not (tmp_path / "state").exists()
@@ -254,6 +253,9 @@ def test_validate_reads_a_ca_given_by_certificate_ref(
 ) -> None:
     ca = _ca_left_now(tmp_path / "elsewhere", timedelta(days=5))
     monkeypatch.setenv("UNIT_CA_PEM", ca.certificate_pem.decode())
+    # the site policy lets secretRefs read exactly these variables
+    (tmp_path / "site.toml").write_text('[secrets]\nenv = ["UNIT_CA_*"]\n')
+    monkeypatch.setenv("CERTGIT_SITE_POLICY", str(tmp_path / "site.toml"))
     _repo(
         tmp_path / "repo",
         "  duration: 30d\n",
