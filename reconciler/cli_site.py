@@ -61,7 +61,7 @@ def render(data: dict[str, Any], is_default: bool) -> str:
     lines.append(f"  {data['stateTargets']}  (the state directory's targets/)")
     if data["paths"]["builtin"]:
         for name, directory in data["builtinDirectories"].items():
-            lines.append(f"  {directory}  ({name} default)")
+            lines.append(f"  {directory}  ({name} targets only)")
     lines += [f"  {p}" for p in data["paths"]["allow"]]
     lines.append("commands targets may run:")
     if data["commands"]["builtin"]:

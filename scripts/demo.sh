@@ -4,7 +4,10 @@
 # follows on the first apply), then validates, plans and applies it. The three `files` targets write real PEM files under
 # .demo/state/targets/. Production targets are gated: the demo approves them
 # with a reason. Then a commit adds a SAN (second plan + apply), a rollback
-# pins the old version on web-1, and a release lets Git win again.
+# pins the old version on web-1, and a release lets Git win again. It all runs
+# under the shipped example site policy (reconciler/examples/site.toml): a
+# commit that asks beyond it (a shell as reload command, a write to /etc) is
+# refused with file:line:col and the last good commit stays in force.
 # Never reads stdin; exits non-zero on any unexpected result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +19,7 @@ git_() { git -C "$demo/repo" -c user.name="certgit demo" -c user.email=demo@exam
 git_ init -q -b main
 git_ add -A && git_ commit -q -m "desired state: sample"
 export CERTGIT_REPO="$demo/repo" CERTGIT_STATE_DIR="$demo/state"
+export CERTGIT_SITE_POLICY="$PWD/reconciler/examples/site.toml"
 unset CERTGIT_CONFIG CERTGIT_REF CERTGIT_PATH
 exec </dev/null
 
@@ -26,6 +30,9 @@ expect() { # expect CODE COMMAND...: run it, fail the demo unless it exits CODE
   [ "$rc" = "$want" ] || { echo "unexpected exit $rc (wanted $want) from: $*" >&2; exit 1; }
 }
 plan_hash() { certgit plan --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])'; }
+
+step "certgit site show   (the operator's site policy: $CERTGIT_SITE_POLICY)"
+certgit site show
 
 step "certgit validate $demo/repo"
 certgit validate "$demo/repo"
@@ -81,6 +88,25 @@ cp -r "$demo/repo" "$demo/broken" && rm -rf "$demo/broken/.git"
 sed -i 's/^  dnsNames:/  dnsName:/' "$demo/broken/certificates/www.yaml"
 sed -i 's/name: internal-ca$/name: internal-caa/' "$demo/broken/certificates/api.yaml"
 expect 1 certgit validate "$demo/broken"
+
+step "a commit asks beyond the site policy: a shell as reload command, files in /etc"
+cat >> "$demo/repo/targets/web.yaml" <<'YAML'
+---
+apiVersion: certgit.dev/v1
+kind: Target
+metadata:
+  name: sneaky
+spec:
+  type: files
+  settings:
+    directory: /etc
+    reloadCommand: [sh, -c, "id > /tmp/certgit-demo-pwned"]
+YAML
+git_ commit -q -am "sneaky target"
+expect 1 certgit validate
+expect 1 certgit apply --as demo   # HEAD refused; the last good commit stays in force
+[ ! -e /tmp/certgit-demo-pwned ] || { echo "the sneaky reload ran" >&2; exit 1; }
+git_ revert --no-edit HEAD >/dev/null
 
 step "certgit audit verify"
 certgit audit verify
