@@ -100,8 +100,8 @@ def load_site_policy(
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            line, col = _toml_error_position(str(exc))
-            message = re.sub(r"\s*\(at line \d+, column \d+\)$", "", str(exc))
+            line, col = _toml_error_position(str(exc), text)
+            message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)$", "", str(exc))
             raise SitePolicyError(
                 f"site policy {path} is not valid TOML",
                 [Problem(str(path), line, col, f"{message}; fix the TOML syntax")],
@@ -159,9 +159,14 @@ def _check_owner(path: Path) -> None:
         )
 
 
-def _toml_error_position(message: str) -> tuple[int, int]:
+def _toml_error_position(message: str, text: str) -> tuple[int, int]:
     match = re.search(r"line (\d+), column (\d+)", message)
-    return (int(match.group(1)), int(match.group(2))) if match else (1, 1)
+    if match:
+        return int(match.group(1)), int(match.group(2))
+    if "end of document" in message:
+        lines = text.splitlines() or [""]
+        return len(lines), len(lines[-1]) + 1
+    return 1, 1
 
 
 class _Reader:
