@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -38,6 +39,9 @@ from certgit.reconciler.secretref import resolve_secret
 from certgit.reconciler.statedir import StateDir
 from certgit.reconciler.store import Store
 from certgit.reconciler.yamlsafe import PositionIndex
+
+if TYPE_CHECKING:
+    from certgit.reconciler.sitepolicy import SitePolicy
 
 _PASSPHRASE_LABEL = b"certgit local-ca passphrase v1\x00"
 _MINUTE = timedelta(minutes=1)
@@ -68,8 +72,17 @@ class IssueOutcome:
     key_reused: bool = False
 
 
+def secret_deny(state_dir: Path, site: SitePolicy) -> tuple[str, ...]:
+    """Paths no secretRef may read: the state directory and certgit's own configuration files."""
+    return (str(Path(state_dir).absolute()), *site.protected)
+
+
 class Issuance:
-    """Issues certificate versions into the store for one state directory."""
+    """Issues certificate versions into the store for one state directory.
+
+    `site`: the operator's site policy, whose `[secrets]` bounds what an
+    Issuer's secretRefs may read (None: the built-in default, which reads none).
+    """
 
     def __init__(
         self,
@@ -77,10 +90,14 @@ class Issuance:
         state_dir: Path,
         *,
         env: Mapping[str, str] | None = None,
+        site: SitePolicy | None = None,
     ) -> None:
+        from certgit.reconciler.sitepolicy import SitePolicy
+
         self.store = store
         self.state_dir = Path(state_dir)
         self.env: Mapping[str, str] = {} if env is None else env
+        self.site = site if site is not None else SitePolicy()
         self._cas: dict[str, LocalCA] = {}
 
     def _ca(self, desired: DesiredState, issuer_name: str, now: datetime) -> LocalCA:
@@ -105,7 +122,8 @@ class Issuance:
             passphrase=passphrase,
             now=now,
             env=self.env,
-            base_dir=self.state_dir,
+            secrets_policy=self.site.secrets,
+            deny=secret_deny(self.state_dir, self.site),
         )
         self._cas[issuer_name] = ca
         return ca
@@ -157,7 +175,9 @@ def renewal_horizon(cert: Certificate, version: CertificateVersion) -> datetime:
     return version.not_after - max(renew_before_for(cert, version), timedelta(0))
 
 
-def _ca_not_after(issuer: Issuer, state_dir: Path, env: Mapping[str, str]) -> datetime | None:
+def _ca_not_after(
+    issuer: Issuer, state_dir: Path, env: Mapping[str, str], site: SitePolicy | None
+) -> datetime | None:
     """notAfter of a local-ca issuer's CA if it already exists, read without creating anything.
 
     Only the public certificate is read (no master key): the one given by
@@ -168,7 +188,11 @@ def _ca_not_after(issuer: Issuer, state_dir: Path, env: Mapping[str, str]) -> da
         return None
     try:
         if issuer.ca_certificate is not None:
-            pem = resolve_secret(issuer.ca_certificate, env=env, base_dir=state_dir)
+            from certgit.reconciler.sitepolicy import SitePolicy
+
+            site = site if site is not None else SitePolicy()
+            deny = secret_deny(state_dir, site)
+            pem = resolve_secret(issuer.ca_certificate, site.secrets, env=env, deny=deny)
         else:
             path = StateDir(state_dir).ca(issuer.name) / CA_CERT_FILE
             if not path.is_file():
@@ -186,6 +210,7 @@ def lifetime_warnings(
     now: datetime,
     *,
     read_file: Callable[[str], bytes] | None = None,
+    site: SitePolicy | None = None,
 ) -> list[str]:
     """One `warning:` line per Certificate whose duration outlives its existing local CA.
 
@@ -195,6 +220,7 @@ def lifetime_warnings(
     CA certificates (never creates the CA or the state directory).
     `read_file(path)` returns a desired-state file's bytes, to add the
     `file:line:col` of the duration; without it the warning names the file.
+    `site`: the site policy bounding a certificateRef (None: the default, reads none).
     """
     ends: dict[str, datetime | None] = {}
     positions: dict[str, PositionIndex] = {}
@@ -204,7 +230,7 @@ def lifetime_warnings(
         if issuer is None:
             continue
         if issuer.name not in ends:
-            ends[issuer.name] = _ca_not_after(issuer, state_dir, env)
+            ends[issuer.name] = _ca_not_after(issuer, state_dir, env, site)
         ca_end = ends[issuer.name]
         if ca_end is None:
             continue

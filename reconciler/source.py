@@ -2,7 +2,8 @@
 
     GitSource(config, state_dir)
     ├── fetch()    clone once (into a temp dir, then rename), later fetch + prune
-    ├── resolve()  ref -> commit -> tree of `path` -> YAML FileEntry list (blobs read lazily)
+    ├── resolve()  ref -> commit -> tree of `path` -> YAML FileEntry list (blobs read lazily),
+    │              plus every other file (scanned for committed keys, SOPS files)
     └── poll()     fetch(), then resolve()
 
 The mirror is bare: nothing is ever checked out (a 10k-file checkout costs
@@ -67,11 +68,17 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One resolved commit: its id, the tree id of the source path, and its YAML files."""
+    """One resolved commit: its id, the tree id of the source path, and its files.
+
+    `files` are the desired-state YAML files; `others` every other file of the
+    tree (non-YAML, dot-files and dot-directories too), read lazily by blob id:
+    the loader scans them for committed private keys and reads SOPS files.
+    """
 
     commit: str
     tree: str
     files: tuple[FileEntry, ...]
+    others: tuple[FileEntry, ...] = ()
 
 
 def normalise_url(url: str) -> str:
@@ -123,7 +130,8 @@ class GitSource:
         # Memo of the last walk: the same tree id gives the same files without walking again.
         self._last_tree: str | None = None
         self._last_files: tuple[FileEntry, ...] = ()
-        self._subtrees: dict[tuple[str, str], list[FileEntry]] = {}
+        self._last_others: tuple[FileEntry, ...] = ()
+        self._subtrees: dict[tuple[str, str], _Found] = {}
         self._last_snapshot: Snapshot | None = None
 
     # ------------------------------------------------------------------ errors
@@ -271,7 +279,9 @@ class GitSource:
             walker = _Walker(repo, self._subtrees)
             with self._translate("read the tree of"):
                 # Git orders tree entries so that this is already path order; sort to be sure.
-                files = tuple(sorted(walker.walk(tree, prefix), key=attrgetter("path")))
+                found = walker.walk(tree, prefix)
+                files = tuple(sorted(found.yaml, key=attrgetter("path")))
+                others = tuple(sorted(found.others, key=attrgetter("path")))
             if not files:
                 where = f"path '{self._path}'" if self._path else "the repository root"
                 raise SourceError(
@@ -280,9 +290,11 @@ class GitSource:
                     f"everything'; restore the files or fix the source path; {_KEEP}",
                     temporary=False,
                 )
-            self._last_tree, self._last_files = tree_id, files
+            self._last_tree, self._last_files, self._last_others = tree_id, files, others
             self._subtrees = walker.seen
-        snapshot = Snapshot(commit=commit_id, tree=tree_id, files=self._last_files)
+        snapshot = Snapshot(
+            commit=commit_id, tree=tree_id, files=self._last_files, others=self._last_others
+        )
         self._last_snapshot = snapshot
         return snapshot
 
@@ -376,39 +388,59 @@ def _create_mirror_remote(repo: pygit2.Repository, name: str, url: str) -> pygit
     return repo.remotes[name]
 
 
+@dataclass
+class _Found:
+    """The files of one subtree: desired-state YAML, and everything else."""
+
+    yaml: list[FileEntry]
+    others: list[FileEntry]
+
+
 class _Walker:
-    """Collects YAML FileEntries of a tree, reusing the entries of unchanged subtrees.
+    """Collects the FileEntries of a tree, reusing the entries of unchanged subtrees.
 
     `previous` maps (prefix, subtree id) to the entries found there by the last
     walk, so a commit that changes one file re-walks only the directories on
     that file's path. Only the latest walk's subtrees are kept (bounded memory).
     """
 
-    def __init__(self, repo: pygit2.Repository, previous: dict[tuple[str, str], list[FileEntry]]):
+    def __init__(self, repo: pygit2.Repository, previous: dict[tuple[str, str], _Found]):
         self.repo = repo
         self.previous = previous
-        self.seen: dict[tuple[str, str], list[FileEntry]] = {}
+        self.seen: dict[tuple[str, str], _Found] = {}
 
-    def walk(self, tree: pygit2.Tree, prefix: str) -> list[FileEntry]:
-        """Every YAML blob under `tree`; dot-entries, symlinks and submodules skipped."""
+    def walk(self, tree: pygit2.Tree, prefix: str, hidden: bool = False) -> _Found:
+        """Every blob under `tree`: YAML desired state, and the rest in `others`.
+
+        Dot-files, dot-directories and non-YAML files are `others` (never desired
+        state, still scanned for keys); symlinks and submodules are skipped.
+        """
         memo_key = (prefix, str(tree.id))
         found = self.previous.get(memo_key)
         if found is None:
-            found = []
+            found = _Found([], [])
             repo = self.repo
             for entry in tree:
                 name = entry.name
-                if name is None or name.startswith("."):
+                if name is None:
                     continue
                 if entry.type_str == "tree":
                     # Iterating a tree yields its subtrees as Tree objects: no lookup by id.
-                    found.extend(self.walk(cast(pygit2.Tree, entry), f"{prefix}{name}/"))
+                    sub = self.walk(
+                        cast(pygit2.Tree, entry), f"{prefix}{name}/", hidden or name[0] == "."
+                    )
+                    found.yaml.extend(sub.yaml)
+                    found.others.extend(sub.others)
+                    continue
                 # The name test first: reading filemode builds an enum, slow over 10k entries.
-                elif name.endswith(YAML_SUFFIXES) and entry.filemode in _FILE_MODES:
+                yaml = not hidden and name[0] != "." and name.endswith(YAML_SUFFIXES)
+                if (yaml or entry.type_str == "blob") and entry.filemode in _FILE_MODES:
                     oid = entry.id
                     path = prefix + name
                     read = functools.partial(_read_blob, repo, oid, path)
-                    found.append(FileEntry(path=path, key=str(oid), read=read))
+                    (found.yaml if yaml else found.others).append(
+                        FileEntry(path=path, key=str(oid), read=read)
+                    )
         self.seen[memo_key] = found
         return found
 

@@ -17,6 +17,7 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/bin/caddy ] || need+=(caddy)
 [ -x /usr/sbin/postfix ] || need+=(postfix)
 [ -x /usr/bin/doveconf ] || need+=(dovecot-core)
+command -v age-keygen >/dev/null || need+=(age)  # test age keys for SOPS files
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing system packages: ${need[*]}" >&2

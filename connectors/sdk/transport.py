@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import fnmatch
 import grp
 import os
 import pwd
@@ -24,7 +25,7 @@ import shutil
 import signal
 import stat as stat_mod
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -35,6 +36,23 @@ from certgit.connectors.sdk.grants import normalize_path
 # A PEM block in a command's output: BEGIN line to END line; an unterminated BEGIN runs on.
 _PEM_BLOCK = re.compile(r"-----BEGIN [^\r\n]*?-----.*?(?:-----END [^\r\n]*?-----|\Z)", re.DOTALL)
 REDACTED_PEM = "[redacted PEM block]"
+
+# What a child process (validate/reload) sees of certgit's environment by default:
+# the site policy's `[env] passthrough` replaces it (fnmatch patterns, case-sensitive).
+DEFAULT_PASSTHROUGH: tuple[str, ...] = ("PATH", "LANG", "LANGUAGE", "LC_*", "TZ")
+# certgit's own variables (CERTGIT_MASTER_KEY above all) never reach a child.
+_OWN_PREFIX = "CERTGIT_"
+
+
+def scrub_env(environ: Mapping[str, str], passthrough: Iterable[str]) -> dict[str, str]:
+    """The variables of `environ` whose names match a `passthrough` pattern, never CERTGIT_*."""
+    patterns = tuple(passthrough)
+    return {
+        name: value
+        for name, value in environ.items()
+        if not name.startswith(_OWN_PREFIX)
+        and any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    }
 
 
 @dataclass(frozen=True)
@@ -194,7 +212,16 @@ def _open_dir(path: str, *, create_mode: int | None = None) -> int:
 
 
 class LocalTransport:
-    """The controller's own filesystem and processes."""
+    """The controller's own filesystem and processes.
+
+    A child process gets a scrubbed environment: only the variables matching
+    `passthrough` (default `DEFAULT_PASSTHROUGH`: PATH, locale, TZ), plus the
+    caller's overlay, and never a `CERTGIT_*` variable (the master key) whatever
+    either says.
+    """
+
+    def __init__(self, passthrough: Iterable[str] = DEFAULT_PASSTHROUGH) -> None:
+        self.passthrough: tuple[str, ...] = tuple(passthrough)
 
     def realpath(self, path: str) -> str:
         """Resolve `..` and symlinks of the existing part of `path`."""
@@ -344,10 +371,10 @@ class LocalTransport:
         return os.path.abspath(found) if found else None
 
     def run(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None) -> ExecResult:
-        """Run argv in its own session; `env` overlays the inherited environment."""
-        full_env = dict(os.environ)
+        """Run argv in its own session with the scrubbed environment plus the `env` overlay."""
+        full_env = scrub_env(os.environ, self.passthrough)
         if env:
-            full_env.update(env)
+            full_env.update((k, v) for k, v in env.items() if not k.startswith(_OWN_PREFIX))
         try:
             proc = subprocess.Popen(
                 list(argv),

@@ -17,7 +17,7 @@ import fcntl
 import ipaddress
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,6 +38,7 @@ from certgit.reconciler.issuers.keys import (
 )
 from certgit.reconciler.model import Certificate, Issuer, KeyAlgorithm, KeySpec
 from certgit.reconciler.secretref import resolve_secret
+from certgit.reconciler.sitepolicy import SecretsPolicy
 from certgit.reconciler.statedir import make_private_dir, publish_private_file
 
 CA_CERT_FILE = "ca.crt"
@@ -200,14 +201,17 @@ class LocalCA:
         passphrase: bytes,
         now: datetime,
         env: Mapping[str, str] = os.environ,
-        base_dir: Path | None = None,
+        secrets_policy: SecretsPolicy | None = None,
+        deny: Sequence[str | os.PathLike[str]] = (),
         backdate: timedelta = DEFAULT_BACKDATE,
     ) -> LocalCA:
         """The CA of `issuer`: from its secretRefs if given, else from/into `directory`.
 
         Given CA material (`issuer.ca_certificate` + `issuer.ca_key`) is read
-        with `resolve_secret` (relative files against `base_dir`); the key must
-        be unencrypted PEM. The certificate file may carry the CA's own chain
+        with `resolve_secret` within `secrets_policy` (the site policy's
+        `[secrets]`; None: the default, which reads no env var and no file)
+        and never from `deny` (the state dir, certgit's own files); the key
+        must be unencrypted PEM. The certificate file may carry the CA's own chain
         after it. Otherwise the CA lives in `directory` as `ca.crt` and `ca.key`
         (encrypted with `passphrase`) and is created there on first use.
         """
@@ -218,8 +222,9 @@ class LocalCA:
                 "to let certgit create a CA"
             )
         if issuer.ca_certificate is not None and issuer.ca_key is not None:
-            cert_pem = resolve_secret(issuer.ca_certificate, env=env, base_dir=base_dir)
-            key_pem = resolve_secret(issuer.ca_key, env=env, base_dir=base_dir)
+            secrets_policy = secrets_policy or SecretsPolicy()
+            cert_pem = resolve_secret(issuer.ca_certificate, secrets_policy, env=env, deny=deny)
+            key_pem = resolve_secret(issuer.ca_key, secrets_policy, env=env, deny=deny)
             return cls.from_pem(
                 cert_pem, key_pem, label=f"issuer {issuer.name}", backdate=backdate
             )

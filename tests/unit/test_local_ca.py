@@ -29,6 +29,7 @@ from certgit.reconciler.model import (
     KeySpec,
     SecretRef,
 )
+from certgit.reconciler.sitepolicy import SecretsPolicy
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 PASS = b"correct horse battery staple"
@@ -198,9 +199,14 @@ def _write_external(
     return Issuer(
         name="ops",
         type="local-ca",
-        ca_certificate=SecretRef(file="ca.pem"),
-        ca_key=SecretRef(file="ca-key.pem"),
+        ca_certificate=SecretRef(file=str(tmp_path / "ca.pem")),
+        ca_key=SecretRef(file=str(tmp_path / "ca-key.pem")),
     )
+
+
+def _files_under(tmp_path: Path) -> SecretsPolicy:
+    """A site [secrets] policy letting secretRefs read files under tmp_path."""
+    return SecretsPolicy(files=(str(tmp_path),))
 
 
 def test_ca_from_secret_refs_issues_leaves(tmp_path: Path) -> None:
@@ -208,7 +214,11 @@ def test_ca_from_secret_refs_issues_leaves(tmp_path: Path) -> None:
     cert = _external_ca(key)
     issuer = _write_external(tmp_path, cert, key)
     ca = LocalCA.load_or_create(
-        tmp_path / "state-ca", issuer=issuer, passphrase=PASS, now=NOW, base_dir=tmp_path
+        tmp_path / "state-ca",
+        issuer=issuer,
+        passphrase=PASS,
+        now=NOW,
+        secrets_policy=_files_under(tmp_path),
     )
     assert ca.certificate == cert
     assert not (tmp_path / "state-ca").exists()  # nothing created when the CA is given
@@ -233,8 +243,19 @@ def test_ca_key_from_env(tmp_path: Path) -> None:
         ca_key=SecretRef(env="OPS_CA_KEY"),
     )
     env = {"OPS_CA_KEY": private_key_to_pem(key).decode()}
-    ca = LocalCA.load_or_create(tmp_path / "x", issuer=issuer, passphrase=PASS, now=NOW, env=env)
+    policy = SecretsPolicy(env=("OPS_CA_*",), files=(str(tmp_path),))
+    ca = LocalCA.load_or_create(
+        tmp_path / "x", issuer=issuer, passphrase=PASS, now=NOW, env=env, secrets_policy=policy
+    )
     assert ca.fingerprint == fingerprint_sha256(cert)
+
+
+def test_secret_refs_outside_the_site_policy_are_refused(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    issuer = _write_external(tmp_path, _external_ca(key), key)
+    # the default site policy lets secretRefs read nothing
+    with pytest.raises(IssuanceError, match=r"outside the site policy's \[secrets\] files"):
+        LocalCA.load_or_create(tmp_path / "x", issuer=issuer, passphrase=PASS, now=NOW)
 
 
 def test_mismatched_ca_key_is_refused(tmp_path: Path) -> None:
@@ -242,7 +263,11 @@ def test_mismatched_ca_key_is_refused(tmp_path: Path) -> None:
     issuer = _write_external(tmp_path, _external_ca(key), ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(IssuanceError, match=r"issuer ops: .*does not match its private key"):
         LocalCA.load_or_create(
-            tmp_path / "x", issuer=issuer, passphrase=PASS, now=NOW, base_dir=tmp_path
+            tmp_path / "x",
+            issuer=issuer,
+            passphrase=PASS,
+            now=NOW,
+            secrets_policy=_files_under(tmp_path),
         )
 
 
@@ -251,12 +276,16 @@ def test_non_ca_certificate_is_refused(tmp_path: Path) -> None:
     issuer = _write_external(tmp_path, _external_ca(key, ca=False), key)
     with pytest.raises(IssuanceError, match="not a CA certificate"):
         LocalCA.load_or_create(
-            tmp_path / "x", issuer=issuer, passphrase=PASS, now=NOW, base_dir=tmp_path
+            tmp_path / "x",
+            issuer=issuer,
+            passphrase=PASS,
+            now=NOW,
+            secrets_policy=_files_under(tmp_path),
         )
 
 
 def test_only_one_of_ca_certificate_and_key_is_refused(tmp_path: Path) -> None:
-    issuer = Issuer(name="ops", type="local-ca", ca_certificate=SecretRef(file="ca.pem"))
+    issuer = Issuer(name="ops", type="local-ca", ca_certificate=SecretRef(file="/ca.pem"))
     with pytest.raises(IssuanceError, match="set both caCertificate and caKey"):
         LocalCA.load_or_create(tmp_path / "x", issuer=issuer, passphrase=PASS, now=NOW)
 

@@ -166,6 +166,16 @@ def test_non_yaml_dot_files_symlinks_and_submodules_are_skipped(tmp_path: Path) 
     )
     snapshot = make_source(tmp_path, repo.workdir).poll()
     assert paths(snapshot) == ["a.yaml", "b.yml", "sub/d.yaml"]
+    # Everything else is no desired state but is still handed over (the loader scans it
+    # for committed keys); symlinks and submodules are not files at all.
+    assert [f.path for f in snapshot.others] == [
+        ".github/ci.yaml",
+        ".hidden.yaml",
+        "README.md",
+        "a.yaml.bak",
+        "sub/.dot/c.yaml",
+    ]
+    assert {f.path: f.read() for f in snapshot.others}["README.md"] == b"# docs\n"
 
 
 def test_read_returns_the_blob_bytes_and_key_is_the_blob_id(
