@@ -1,6 +1,7 @@
 """The state directory: every path inside it, and how private files are made there.
 
     <state>/state.db              the state store (store/connection.py)
+    <state>/audit.head            the audit chain's keyed head, outside state.db (store/audit.py)
     <state>/master.key            the master key, unless given by env (sealing.py)
     <state>/ca/<issuer>/          a local CA's key and certificate (issuers/local_ca.py)
     <state>/git/<digest>.git      the bare mirror of the desired-state repo (source.py)
@@ -14,7 +15,9 @@ directory another user can write to (or owns) lets that user swap those files,
 so certgit refuses it and says which `chmod` / `chown` fixes it. Private
 directories are made with `make_private_dir` (exactly 0700, whatever the
 umask) and private files published with `publish_private_file` (temp file,
-fsync, link(2) so an existing file is never clobbered, fsync of the directory).
+fsync, link(2) so an existing file is never clobbered, fsync of the directory)
+or replaced with `replace_private_file` (the same with rename(2), for a file
+that is rewritten in place such as the audit head).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "fsync_dir",
     "make_private_dir",
     "publish_private_file",
+    "replace_private_file",
 ]
 
 
@@ -47,6 +51,7 @@ class StateDir:
     root: Path
 
     DB_FILE_NAME = "state.db"
+    AUDIT_HEAD_FILE_NAME = "audit.head"
     KEY_FILE_NAME = "master.key"
     CA_DIR_NAME = "ca"
     GIT_DIR_NAME = "git"
@@ -59,6 +64,11 @@ class StateDir:
     @property
     def db(self) -> Path:
         return self.root / self.DB_FILE_NAME
+
+    @property
+    def audit_head(self) -> Path:
+        """`<state>/audit.head`: the keyed audit head, beside state.db but outside it."""
+        return self.root / self.AUDIT_HEAD_FILE_NAME
 
     @property
     def master_key(self) -> Path:
@@ -151,6 +161,30 @@ def publish_private_file(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.link(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def replace_private_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` durably: temp file, fsync, rename(2), fsync dir.
+
+    A reader sees the old content or the new, never a mix, and after a crash
+    the file holds one of the two. The mode is forced (the umask may narrow
+    it). `OSError`s reach the caller; the temp file is removed on failure.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 

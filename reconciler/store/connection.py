@@ -11,6 +11,10 @@ text (microseconds, ``+00:00``) in SQLite, so text order is time order.
 
 Every repository of the store (versions, deployments, plans, outbox, audit)
 is given the same `Database`; none opens a connection of its own.
+
+The master key is checked against the store before anything is keyed with it:
+migration 0004 writes the audit head file under a key derived from it, and a
+head file made with a wrong key would read as forged ever after.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from typing import Any
 from certgit.reconciler.errors import StateIncomplete, StateMissing, StoreError, StoreLocked
 from certgit.reconciler.sealing import ENV_KEY, ENV_KEY_FILE, Sealer, load_master_key
 from certgit.reconciler.statedir import StateDir, check_private_dir, make_private_dir
-from certgit.reconciler.store.migrate import connect, migrate
+from certgit.reconciler.store.anchors import AuditKey
+from certgit.reconciler.store.migrate import MigrationStep, connect, migrate
 
 __all__ = [
     "DB_FILE_NAME",
@@ -128,12 +133,17 @@ class Database:
     def check_master_key(self, sealer: Sealer) -> None:
         """Remember the key id on first use; refuse a different key afterwards."""
         with self.transaction() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (_META_KEY_ID,)).fetchone()
-            if row is None:
+            if not self.refuse_other_key(conn, sealer):
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES (?, ?)", (_META_KEY_ID, sealer.key_id)
                 )
-                return
+
+    def refuse_other_key(self, conn: sqlite3.Connection, sealer: Sealer) -> bool:
+        """Raise `StoreError` if the store remembers another master key; True if it
+        remembers this one, False if none yet. Runs in the caller's transaction."""
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (_META_KEY_ID,)).fetchone()
+        if row is None:
+            return False
         if row[0] != sealer.key_id:
             raise StoreError(
                 f"state store {self.path} was created with master key {row[0]}, but the "
@@ -141,6 +151,7 @@ class Database:
                 "to the original key, or restore the original master.key file; the sealed "
                 "private keys cannot be decrypted with another key"
             )
+        return True
 
 
 # ---------------------------------------------------------------------- first contact
@@ -231,11 +242,12 @@ def open_database(
     create: bool,
     master_key: bytes | None,
     env: Mapping[str, str],
-) -> tuple[Database, Sealer, bool]:
+) -> tuple[Database, Sealer, bool, AuditKey]:
     """Open (creating and migrating as needed) the store of `state_dir`.
 
-    Returns the database, the sealer of its master key and whether this call
-    created the store. See `Store.open` for the rules.
+    Returns the database, the sealer of its master key, whether this call
+    created the store and the audit keys derived from the master key. See
+    `Store.open` for the rules.
     """
     state = StateDir(Path(state_dir))
     if not _exists(state.root):
@@ -267,11 +279,25 @@ def open_database(
                 )
             master_key = load_master_key(state.root, env)
         sealer = Sealer(master_key)
+        audit_key = AuditKey.derive(master_key)
         db = Database(connect(state.db), state.db)
         try:
-            migrate(db.conn, where=str(state.db))
+            migrate(db.conn, where=str(state.db), steps={4: _anchor_audit(db, sealer, audit_key)})
             db.check_master_key(sealer)
         except BaseException:
             db.close()
             raise
-    return db, sealer, created
+    return db, sealer, created, audit_key
+
+
+def _anchor_audit(db: Database, sealer: Sealer, key: AuditKey) -> MigrationStep:
+    """Migration 0004's step: the audit head file, once the key is known to be the store's."""
+    from certgit.reconciler.store.audit import anchor_step  # audit.py imports this module
+
+    anchor = anchor_step(key, StateDir(db.path.parent).audit_head)
+
+    def step(conn: sqlite3.Connection) -> None:
+        db.refuse_other_key(conn, sealer)
+        anchor(conn)
+
+    return step

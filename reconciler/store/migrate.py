@@ -7,6 +7,11 @@ Each migration runs in its own ``BEGIN IMMEDIATE`` transaction together with the
 row that records it in ``schema_migrations``, so a crash leaves the schema at a
 whole version, and two processes opening a fresh store do not both apply it.
 A database newer than this code is refused rather than half understood.
+
+A caller may give a Python *step* for a version: it runs inside that version's
+transaction after its SQL and before the commit, for work SQL cannot do (0004
+writes the audit head file with a key derived from the master key, see
+audit.py). A step that raises rolls the whole version back.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -24,6 +30,7 @@ from certgit.reconciler.errors import StoreError
 
 __all__ = [
     "Migration",
+    "MigrationStep",
     "available_migrations",
     "connect",
     "current_version",
@@ -80,6 +87,9 @@ def connect(db_path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+MigrationStep = Callable[[sqlite3.Connection], None]
 
 
 @dataclass(frozen=True)
@@ -154,12 +164,18 @@ def current_version(conn: sqlite3.Connection) -> int:
     return int(version)
 
 
-def migrate(conn: sqlite3.Connection, *, where: str = "the state store") -> list[int]:
+def migrate(
+    conn: sqlite3.Connection,
+    *,
+    where: str = "the state store",
+    steps: Mapping[int, MigrationStep] | None = None,
+) -> list[int]:
     """Apply every missing migration in order; return the versions applied now.
 
     ``conn`` must be in autocommit mode (``isolation_level=None``): transactions
-    are explicit here. Raises `StoreError` for a schema newer than this code or a
-    failing migration (which is rolled back as a whole).
+    are explicit here. ``steps`` maps a version to a Python step run after its
+    SQL in the same transaction. Raises `StoreError` for a schema newer than this
+    code or a failing migration (which is rolled back as a whole, step included).
     """
     migrations = available_migrations()
     known = latest_version()
@@ -181,6 +197,9 @@ def migrate(conn: sqlite3.Connection, *, where: str = "the state store") -> list
                 continue
             for statement in split_statements(migration.sql):
                 conn.execute(statement)
+            step = (steps or {}).get(migration.version)
+            if step is not None:
+                step(conn)
             conn.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                 (migration.version, migration.name, datetime.now(UTC).isoformat()),
@@ -197,6 +216,11 @@ def migrate(conn: sqlite3.Connection, *, where: str = "the state store") -> list
                 f"({exc}); nothing of it was applied: fix the cause (disk full, "
                 "permissions, a locked database) and start certgit again"
             ) from exc
+        except BaseException:
+            # A step's own error (or an interrupt): never leave the version half applied.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         applied_now.append(migration.version)
     # With nothing left to apply the loop above never looked at a newer schema.
     version = current_version(conn)

@@ -23,7 +23,9 @@ from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from certgit.reconciler.sealing import Sealer
-from certgit.reconciler.store.audit import AuditLog, Subject
+from certgit.reconciler.statedir import StateDir
+from certgit.reconciler.store.anchors import AuditKey
+from certgit.reconciler.store.audit import AuditLog, ChainReport, Subject
 from certgit.reconciler.store.connection import (
     DB_FILE_NAME,
     Database,
@@ -67,7 +69,15 @@ def _delegate(repository: str, method: Callable[Concatenate[Any, P], R]) -> Call
 class Store:
     """The state store of one state directory. Use from the thread that opened it."""
 
-    def __init__(self, conn: sqlite3.Connection | Database, sealer: Sealer, path: Path) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection | Database,
+        sealer: Sealer,
+        path: Path,
+        *,
+        audit_key: AuditKey,
+        audit_syslog: bool = False,
+    ) -> None:
         """Prefer `Store.open`; this only wires an already migrated connection."""
         self._db = conn if isinstance(conn, Database) else Database(conn, path)
         self._sealer = sealer
@@ -78,7 +88,9 @@ class Store:
         self.source_state = SourceState(self._db)
         self.outbox = Outbox(self._db)
         self.plans = Plans(self._db, self.outbox)
-        self.audit_log = AuditLog(self._db)
+        self.audit_log = AuditLog(
+            self._db, audit_key, StateDir(path.parent).audit_head, to_syslog=audit_syslog
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -90,6 +102,7 @@ class Store:
         create: bool = True,
         master_key: bytes | None = None,
         env: Mapping[str, str] = os.environ,
+        audit_syslog: bool = False,
     ) -> Store:
         """Open (creating and migrating as needed) ``state_dir/state.db``.
 
@@ -102,12 +115,14 @@ class Store:
         without a non-empty state.db raises `StateIncomplete` (a lost store is
         never silently replaced), and a directory writable by group/other or
         owned by another user raises `UnsafeStateDir`. `created` on the result
-        says whether this call made the store.
+        says whether this call made the store. ``audit_syslog`` also sends every
+        audit entry to the system log (`AuditLog`; the site policy's ``[audit]
+        syslog``).
         """
-        db, sealer, created = open_database(
+        db, sealer, created, audit_key = open_database(
             Path(state_dir), create=create, master_key=master_key, env=env
         )
-        store = cls(db, sealer, db.path)
+        store = cls(db, sealer, db.path, audit_key=audit_key, audit_syslog=audit_syslog)
         store.created = created
         return store
 
@@ -193,7 +208,7 @@ class Store:
         action_id: str | None = None,
         version: int | None = None,
     ) -> int:
-        """Append one hash-chained audit row and return its seq.
+        """Append one keyed audit row (and advance the head file); return its seq.
 
         `action` is an `AuditEvent` (or its text). The keyword arguments fill the
         row's subject columns, which `audit_rows` filters on (see audit.py).
@@ -230,5 +245,20 @@ class Store:
         return self.audit_log.rows(since_seq=since_seq, limit=limit, where=where)
 
     def verify_audit(self) -> int:
-        """Verify the whole chain and head; return rows verified or raise `AuditChainBroken`."""
+        """Verify the whole chain, head and head file; return rows verified or raise
+        `AuditChainBroken`."""
         return self.audit_log.verify()
+
+    def check_audit(self) -> ChainReport:
+        """`verify_audit` with the details: unkeyed rows, how far the head file lags."""
+        return self.audit_log.check()
+
+    def anchor_audit(self, actor: str, reason: str, at: datetime) -> ChainReport:
+        """Re-anchor the head file to state.db as it is, recorded as an audit row
+        (`AuditLog.anchor`); an edited row still raises `AuditChainBroken`."""
+        return self.audit_log.anchor(actor, reason, at)
+
+    @property
+    def audit_head_file(self) -> Path:
+        """`<state>/audit.head`: where the audit chain is anchored outside state.db."""
+        return self.audit_log.head_file

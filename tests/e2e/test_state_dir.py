@@ -81,7 +81,7 @@ def test_init_then_status_plan_audit(cli, sample_git, tmp_path: Path) -> None:
     assert r.code == 0, r.err
     assert f"created certgit state in {state}" in r.out
     assert f"master key   {state / 'master.key'}" in r.out
-    assert sorted(p.name for p in state.iterdir()) == ["master.key", "state.db"]
+    assert sorted(p.name for p in state.iterdir()) == ["audit.head", "master.key", "state.db"]
     assert (state.stat().st_mode & 0o777) == 0o700
     status = cli("status", "--json", "--repo", str(path))
     assert status.code == 0, status.err
