@@ -6,7 +6,8 @@
     deployments.py  Deployments (+ holds, history.py, the recorded_state read model), SourceState
     plans.py        Plans: saved plans and approvals (Decision)
     outbox.py       Outbox: enqueue, claim, complete, retry, fail (JobState)
-    audit.py        AuditLog: the hash-chained audit log (AuditEvent)
+    audit.py        AuditLog: the keyed, hash-chained audit log (AuditEvent)
+    anchors.py      AuditKey and <state>/audit.head: the chain's anchor outside state.db
     doccache.py     DocumentCache: parsed documents by blob id, a separate deletable file
     sqlite.py       Store: the facade the rest of certgit calls
 
