@@ -134,7 +134,12 @@ class Engine:
     def store(self) -> Store:
         from certgit.reconciler.store import Store
 
-        return Store.open(self.settings.state_dir, env=self.env, create=self.create_state)
+        return Store.open(
+            self.settings.state_dir,
+            env=self.env,
+            create=self.create_state,
+            audit_syslog=self.site.audit_syslog,  # [audit] syslog in the site policy
+        )
 
     @cached_property
     def site(self) -> SitePolicy:

@@ -12,8 +12,10 @@ canonical form), so `fw.example:443` never grants `fw.example.evil.com:443`.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import posixpath
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -86,6 +88,23 @@ def format_endpoint(host: str, port: int) -> str:
     return f"[{canonical}]:{port}" if ":" in canonical else f"{canonical}:{port}"
 
 
+@functools.lru_cache(maxsize=64)
+def _deny_matcher(
+    prefixes: tuple[str, ...], names: tuple[str, ...]
+) -> tuple[tuple[tuple[int, frozenset[tuple[str, ...]]], ...], re.Pattern[str] | None]:
+    """Deny prefixes grouped by depth (component tuples) and name patterns as one regex."""
+    by_depth: dict[int, set[tuple[str, ...]]] = {}
+    for prefix in prefixes:
+        try:
+            parts = tuple(c for c in normalize_path(prefix).split("/") if c)
+        except ValueError:
+            continue
+        by_depth.setdefault(len(parts), set()).add(parts)
+    grouped = tuple((depth, frozenset(v)) for depth, v in sorted(by_depth.items()))
+    pattern = re.compile("|".join(fnmatch.translate(n) for n in names)) if names else None
+    return grouped, pattern
+
+
 @dataclass(frozen=True)
 class Grants:
     """What a connector may do on one target; everything else is denied."""
@@ -101,16 +120,17 @@ class Grants:
 
     def denies(self, path: str) -> bool:
         """True if `path` lies under an fs_deny prefix or has a component named in fs_deny_names."""
-        if any(path_within(path, d) for d in self.fs_deny):
+        if not self.fs_deny and not self.fs_deny_names:
+            return False
+        prefixes, names = _deny_matcher(self.fs_deny, self.fs_deny_names)
+        try:
+            parts = tuple(c for c in normalize_path(path).split("/") if c)
+        except ValueError:
+            return True  # not an absolute path: nothing to grant
+        # checked on every observation and write: one split, set lookups per depth
+        if any(parts[:depth] in wanted for depth, wanted in prefixes):
             return True
-        if self.fs_deny_names:
-            return any(
-                fnmatch.fnmatchcase(part, pattern)
-                for part in path.split("/")
-                if part
-                for pattern in self.fs_deny_names
-            )
-        return False
+        return names is not None and any(names.fullmatch(part) for part in parts)
 
     def allows_read(self, path: str) -> bool:
         """True if `path` (already resolved by the caller) lies under an fs.read grant."""
