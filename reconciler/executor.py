@@ -120,6 +120,10 @@ class Executor(OutcomeRecorder):
 
     def run(self, plan_hash: str | None = None) -> RunReport:
         """Claim, execute and record every runnable message (of one plan, if given)."""
+        with self.store.audit_batch():  # one audit head-file write per run, not per row
+            return self._run(plan_hash)
+
+    def _run(self, plan_hash: str | None) -> RunReport:
         messages = outbox.claim(
             self.store, self.owner, self.clock(), lease=self.config.lease, plan_hash=plan_hash,
             retry_now=self.config.retry_now,

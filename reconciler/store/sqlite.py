@@ -244,6 +244,11 @@ class Store:
         }
         return self.audit_log.rows(since_seq=since_seq, limit=limit, where=where)
 
+    def audit_batch(self) -> Any:
+        """Context manager: the audit head file is written once when it ends (see
+        `AuditLog.deferred_head`); the rows themselves are committed as usual."""
+        return self.audit_log.deferred_head()
+
     def verify_audit(self) -> int:
         """Verify the whole chain, head and head file; return rows verified or raise
         `AuditChainBroken`."""

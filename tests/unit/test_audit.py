@@ -793,3 +793,29 @@ def test_syslog_line_quotes_what_is_not_one_token() -> None:
     )
     assert 'subject="a=b"' in syslog_line(head, "x", "a=b")
     assert 'subject=""' in syslog_line(head, "x", "")
+
+
+def test_a_batch_writes_the_head_file_once_at_its_end(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    real = audit_module.write_head_file
+
+    def counting(path: Path, head: ChainHead, key: AuditKey) -> None:
+        writes.append(head.seq)
+        real(path, head, key)
+
+    monkeypatch.setattr(audit_module, "write_head_file", counting)
+    with store.audit_batch():
+        for i in range(3):
+            store.audit("bob", "deploy", f"t{i}", {}, NOW)
+        assert writes == []  # rows committed, head file not yet moved
+        assert _head_file(store)["seq"] == 5
+        assert store.verify_audit() == 8  # behind the database is fine: rows chain from it
+    assert writes == [8]
+    assert _head_file(store)["seq"] == 8
+    with pytest.raises(RuntimeError), store.audit_batch():
+        store.audit("bob", "deploy", "t9", {}, NOW)
+        raise RuntimeError("a crash inside the batch")
+    assert writes == [8, 9]  # still written when the block ends early
+    assert store.verify_audit() == 9
