@@ -184,6 +184,7 @@ class _Reader:
         if not self.lines:
             return 1, 1
         tables = [w for w in where[:-1]]
+        named = [t for t in tables if isinstance(t, str)]  # kept when the header is implicit
         key = where[-1] if where else None
         header_line = self._header(tables)
         if header_line is None:
@@ -197,6 +198,15 @@ class _Reader:
                 match = re.match(rf'\s*("{re.escape(key)}"|{re.escape(key)})\s*=', text)
                 if match:
                     return number + 1, match.start(1) + 1
+        if isinstance(key, str):
+            # a key that is a table itself: `[key]`, `[[key]]` or `[key.sub]`
+            full = ".".join([*named, key])
+            for number, text in enumerate(self.lines):
+                stripped = text.strip().lstrip("[").rstrip("]").strip()
+                if text.lstrip().startswith("[") and (
+                    stripped == full or stripped.startswith(full + ".")
+                ):
+                    return number + 1, text.index("[") + 1
         return (header_line + 1, 1) if tables else (1, 1)
 
     def _header(self, tables: list[str | int]) -> int | None:

@@ -284,3 +284,13 @@ def test_a_removed_gate_is_held_over_as_a_rule_or_hook() -> None:
     assert labels == ["policy prod/changes", "target web-1 approval"]
     [rule] = [h.rule for h in held if h.rule is not None]
     assert rule.target_labels == {"env": "production"}
+
+
+def test_an_unknown_table_is_positioned_at_its_header(tmp_path: Path) -> None:
+    found = problems(tmp_path, '[paths]\nallow = ["/x"]\n[bogus]\n[signatures.typo]\nx = 1\n')
+    assert found == [
+        "site.toml:3:1: unknown key 'bogus'; known keys here: approvals, audit, commands, "
+        "endpoints, env, issuers, limits, paths, scope, secrets, signatures, targetTypes",
+        "site.toml:4:1: unknown key 'signatures.typo'; known keys here: allowedSigners, "
+        "gpgHome, required",
+    ]
