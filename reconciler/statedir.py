@@ -148,16 +148,8 @@ def publish_private_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     sees a half-written file. The mode is forced (the umask may narrow it).
     Other `OSError`s reach the caller.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _durable_temp(path, data, mode)
     try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         os.link(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -171,16 +163,8 @@ def replace_private_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     the file holds one of the two. The mode is forced (the umask may narrow
     it). `OSError`s reach the caller; the temp file is removed on failure.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _durable_temp(path, data, mode)
     try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -231,3 +215,21 @@ def check_private_dir(path: Path, what: str = "state directory") -> None:
             f"{what} {path} is unsafe: {'; '.join(problems)}; another user could replace "
             f"the keys and files certgit keeps there. Fix: {' and '.join(fixes)}"
         )
+
+
+def _durable_temp(path: Path, data: bytes, mode: int) -> str:
+    """A fsynced temp file beside `path` holding `data` with `mode`; removed on failure."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
