@@ -119,9 +119,11 @@ class TargetBounds:
         if any(rule.matches(resolved) for rule in self.commands):
             return None
         allowed = "; ".join(rule.describe() for rule in self.commands) or "none"
+        real = _realpath(found, os.path.realpath)
+        runs = f" ({argv[0]} runs {real} here)" if real != argv[0] else ""
         return (
-            f"command {' '.join(argv)!r} is not allowed by the site policy (allowed: {allowed}); "
-            f"an operator adds it under [commands] allow in {self.source}"
+            f"command {' '.join(argv)!r} is not allowed by the site policy{runs} (allowed: "
+            f"{allowed}); an operator adds it under [commands] allow in {self.source}"
         )
 
     def endpoint_problem(self, endpoint: str) -> str | None:
@@ -173,6 +175,14 @@ class TargetBounds:
         )
 
 
+def absolute_path_env() -> str:
+    """PATH without relative entries (`bin`, `.`, an empty one): a built-in connector's
+    own command is the binary an absolute PATH entry names, never one found relative to
+    the working directory (which may be a checkout of the desired-state repository)."""
+    entries = (os.environ.get("PATH") or os.defpath).split(os.pathsep)
+    return os.pathsep.join(e for e in entries if e.startswith("/"))
+
+
 def _realpath(path: str, realpath: object) -> str:
     try:
         return posixpath.normpath(str(realpath(path)))  # type: ignore[operator]
@@ -201,7 +211,7 @@ def bounds_for(
     if policy.builtin_commands:
         defaults = builtin_defaults().get(type_)
         for argv in defaults.commands if defaults is not None else ():
-            found = resolve_argv0(argv[0])
+            found = resolve_argv0(argv[0], absolute_path_env())
             if found is not None:
                 commands.append(CommandRule((found, *argv[1:]), origin=f"builtin {type_}"))
     commands.extend(allowances.commands)
