@@ -123,6 +123,20 @@ def resolve_settings(
     site_inline = toml.get("site")
     if site_inline is not None and not isinstance(site_inline, Mapping):
         raise SettingsError(f"{config_path}: [site] must be a table (the site policy)")
+    if site_inline is not None and not (flags.get("config") or env.get("CERTGIT_CONFIG")):
+        # ./certgit.toml found in the working directory may be a checkout of the
+        # desired-state repository: whoever pushes must not write the site policy.
+        raise SettingsError(
+            f"{config_path} has a [site] table but was found in the working directory, "
+            "which may be a checkout of the desired-state repository; a site policy is "
+            "read only from --site-policy, CERTGIT_SITE_POLICY, /etc/certgit/site.toml or "
+            "a certgit.toml named by --config/CERTGIT_CONFIG. Move the policy there, or "
+            "remove [site] from this file"
+        )
+    if site_inline is not None and config_path is not None:
+        from certgit.reconciler.siteload import check_owner
+
+        check_owner(config_path, "certgit.toml with a [site] table")
     clean_path = str(path or "").strip("/")
     if ".." in Path(clean_path).parts:
         raise SettingsError(f"repository path {path!r} must stay inside the repository")

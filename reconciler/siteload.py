@@ -95,7 +95,7 @@ def load_site_policy(
         except OSError as exc:
             raise SitePolicyError(f"site policy {path} could not be read: {exc.strerror}") from None
         if check_owner:
-            _check_owner(path)
+            _owner_only(path)
         text = raw.decode("utf-8", errors="replace")
         try:
             data = tomllib.loads(text)
@@ -143,18 +143,19 @@ def _protected(paths: Iterable[Path]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _check_owner(path: Path) -> None:
+def _owner_only(path: Path, what: str = "site policy") -> None:
+    """SitePolicyError unless only its owner (root or this user) can write `path`."""
     info = path.stat()
     if info.st_mode & stat.S_IWOTH or (
         info.st_mode & stat.S_IWGRP and info.st_gid != 0 and info.st_gid != os.getgid()
     ):
         raise SitePolicyError(
-            f"site policy {path} is writable by others (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"{what} {path} is writable by others (mode {stat.S_IMODE(info.st_mode):04o}); "
             f"a policy others can edit bounds nothing: chmod go-w {path}"
         )
     if info.st_uid not in (0, os.getuid()):
         raise SitePolicyError(
-            f"site policy {path} is owned by uid {info.st_uid}, neither root nor this user; "
+            f"{what} {path} is owned by uid {info.st_uid}, neither root nor this user; "
             f"chown it to the operator who runs certgit"
         )
 
@@ -669,3 +670,6 @@ def describe(policy: SitePolicy) -> dict[str, Any]:
         "audit": {"syslog": policy.audit_syslog},
         "neverWritable": [*DENY_ROOTS, *(f"any path component {p}" for p in DENY_COMPONENTS)],
     }
+
+
+check_owner = _owner_only  # public name (config.py checks a certgit.toml carrying [site])

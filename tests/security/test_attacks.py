@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.security.conftest import (
+    EXIT_ERROR,
     ISSUER,
     Attack,
     Lab,
@@ -523,22 +524,26 @@ def more_certificates_than_allowed(lab: Lab) -> Attack:
 # --------------------------------------------------------------------------- the runs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG (config.py reads ./certgit.toml from the working directory; its [site] "
-    "table beats /etc/certgit/site.toml): run in a checkout of the desired-state repo, "
-    "a pushed certgit.toml is the site policy, and here the files go outside every root.",
-)
 def test_certgit_toml_pushed_to_the_checkout_is_not_a_site_policy(tmp_path: Path) -> None:
+    """A `[site]` in a certgit.toml found in the working directory (here a checkout of the
+    desired-state repository) is refused, not obeyed: every command exits 1, nothing moves."""
     lab = make_lab(tmp_path, "defaults")  # no --site-policy: the built-in defaults apply
     lab.cwd = lab.repo_path  # the operator runs certgit in a checkout of the repository
     files = {
         "certgit.toml": f'[site.paths]\nallow = ["{lab.outside}"]\n',
         **web_with(lab, directory=str(lab.outside)),
     }
-    lab.refused(Attack(files, position(files, "targets/web.yaml", str(lab.outside)),
-                       OUTSIDE, default_names(lab.outside)))
+    before = lab.snapshot()
+    lab.commit(files, "attack: a site policy in the repository")
+    try:
+        for args in (("validate",), ("plan",), ("apply", "--as", "attacker"), ("status",)):
+            r = lab.run(*args)
+            assert r.code == EXIT_ERROR, r.text
+            assert "has a [site] table but was found in the working directory" in r.err, r.err
+        assert lab.snapshot() == before
+        assert lab.source_state("last_applied_commit") == lab.good
+    finally:
+        lab.restore_checkout(files)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from certgit.connectors.sdk.grants import Grants
-from certgit.reconciler.config import resolve_settings
+from certgit.reconciler.config import SettingsError, resolve_settings
 from certgit.reconciler.engine import Engine
 from certgit.reconciler.gates import change, gates_hash, git_gates, held_over
 from certgit.reconciler.model import ApprovalHook, ApprovalRule, DesiredState, Policy, Target
@@ -96,14 +96,20 @@ def test_the_shipped_example_is_valid() -> None:
 
 
 def test_site_table_in_certgit_toml_and_flag_precedence(tmp_path: Path) -> None:
-    (tmp_path / "certgit.toml").write_text('[site.paths]\nallow = ["/srv/inline"]\n')
+    config = tmp_path / "certgit.toml"
+    config.write_text('[site.paths]\nallow = ["/srv/inline"]\n')
     env = {"HOME": str(tmp_path)}
-    settings = resolve_settings({}, env=env, cwd=tmp_path)
+    # found in the working directory (maybe a checkout of the repository): refused
+    with pytest.raises(SettingsError, match=r"found in the working directory"):
+        resolve_settings({}, env=env, cwd=tmp_path)
+    settings = resolve_settings({"config": str(config)}, env=env, cwd=tmp_path)
     engine = Engine(settings, env=env)
     assert engine.site.allow.paths == ("/srv/inline",)
     assert engine.site.source == "certgit.toml [site]"
     flagged = write(tmp_path, '[paths]\nallow = ["/srv/flag"]\n')
-    settings = resolve_settings({"site_policy": str(flagged)}, env=env, cwd=tmp_path)
+    settings = resolve_settings(
+        {"site_policy": str(flagged), "config": str(config)}, env=env, cwd=tmp_path
+    )
     assert Engine(settings, env=env).site.allow.paths == ("/srv/flag",)
 
 
