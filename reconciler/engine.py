@@ -129,6 +129,8 @@ class Engine:
         self._last_plan: tuple[str, RecordedState, Plan] | None = None
         # Set by desired(fallback=True) when the last good commit stands in for the head.
         self.degraded: Degraded | None = None
+        # (commit/gates key, recorded state, held rules) of gatepaths.inherited_gates
+        self._path_gates: tuple[Any, RecordedState, tuple[Any, ...]] | None = None
 
     @cached_property
     def store(self) -> Store:
@@ -320,8 +322,8 @@ class Engine:
         """
         polled = desired is None
         desired = desired if desired is not None else self.desired(fallback=fallback)
-        desired = self.gated(desired)
         recorded = self.store.recorded_state()
+        desired = self.gated(desired, recorded)
         if live is None and refresh:
             live = self.observe(desired, recorded)
         now = self.clock()
@@ -341,13 +343,17 @@ class Engine:
             self._last_plan = (self._last_tree, recorded, plan)
         return plan
 
-    def gated(self, desired: DesiredState) -> DesiredState:
-        """`desired` with the gates Git cannot remove by itself (gates.py): the site's
-        approval rules, and Git gates in force that this commit removes or changes."""
+    def gated(self, desired: DesiredState, recorded: RecordedState | None = None) -> DesiredState:
+        """`desired` with the gates Git cannot remove by itself: the site's approval
+        rules, Git gates in force that this commit removes, changes or narrows
+        (gates.py), and the gates of targets whose files another target would
+        write over (gatepaths.py)."""
         import json
 
+        from certgit.reconciler.gatepaths import inherited_gates
         from certgit.reconciler.gates import GATES_IN_FORCE, change, git_gates, held_over
 
+        recorded = recorded if recorded is not None else self.store.recorded_state()
         new = git_gates(desired)
         raw = self.store.get_source_state(GATES_IN_FORCE)
         in_force = json.loads(raw) if raw else None
@@ -355,14 +361,25 @@ class Engine:
         if in_force is None or not (held := held_over(in_force, new)):
             # nothing weakened: added gates take effect at once, and are what is in force
             if in_force != new:
-                self.store.set_source_state(GATES_IN_FORCE, json.dumps(new, sort_keys=True))
+                raw = json.dumps(new, sort_keys=True)
+                self.store.set_source_state(GATES_IN_FORCE, raw)
             in_force = new
-        return replace(
+        gated = replace(
             desired,
             site_approvals=tuple(self.site.approvals),
             held_gates=held,
             gate_change=change(in_force, new),
         )
+        # Following files costs a pass over every recorded deployment: once per
+        # commit, gates in force and recorded state (a no-op re-poll reuses it).
+        key = (desired.commit, raw, tuple(sorted(desired.targets)))
+        memo = self._path_gates
+        if memo is None or memo[0] != key or memo[1] != recorded:
+            memo = (key, recorded, inherited_gates(gated, recorded, self.settings.state_dir))
+            self._path_gates = memo
+        if memo[2]:
+            gated = replace(gated, held_gates=(*held, *memo[2]))
+        return gated
 
     def _continue_lineage(self, plan: Plan) -> Plan:
         if plan.empty:

@@ -18,7 +18,7 @@ Pure: the engine reads and writes the set in force through the store.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from certgit.reconciler.model import (
@@ -47,15 +47,32 @@ def _rule_content(rule: ApprovalRule) -> dict[str, Any]:
 
 
 def git_gates(desired: DesiredState) -> Atoms:
-    """The Git gates of one commit: every Policy rule and every required Target hook."""
+    """The Git gates of one commit: every Policy rule and every required Target hook.
+
+    A rule with a target (or certificate) selector also records the names it
+    matches in this commit (`matchedTargets`, `matchedCertificates`): a commit
+    that keeps the rule but relabels a gated target out of its selector
+    weakens the gate for that target just as deleting the rule would.
+    """
     atoms: Atoms = {}
     for policy in desired.policies.values():
         for rule in policy.approvals:
-            atoms[f"policy {policy.name}/{rule.name}"] = {
-                "kind": "rule",
-                "name": rule.name,
-                **_rule_content(rule),
-            }
+            atom: dict[str, Any] = {"kind": "rule", "name": rule.name, **_rule_content(rule)}
+            if rule.target_labels or rule.targets:
+                atom[MATCHED_TARGETS] = sorted(
+                    name
+                    for name, target in desired.targets.items()
+                    if (not rule.targets or name in rule.targets)
+                    and _labels_match(rule.target_labels, target.labels)
+                )
+            if rule.certificate_labels or rule.certificates:
+                atom[MATCHED_CERTIFICATES] = sorted(
+                    name
+                    for name, cert in desired.certificates.items()
+                    if (not rule.certificates or name in rule.certificates)
+                    and _labels_match(rule.certificate_labels, cert.labels)
+                )
+            atoms[f"policy {policy.name}/{rule.name}"] = atom
     for target in desired.targets.values():
         hook = target.approval
         if hook is not None and hook.required:
@@ -65,6 +82,26 @@ def git_gates(desired: DesiredState) -> Atoms:
                 "actions": sorted(hook.actions),
             }
     return atoms
+
+
+MATCHED_TARGETS = "matchedTargets"
+MATCHED_CERTIFICATES = "matchedCertificates"
+_MATCHED = (MATCHED_TARGETS, MATCHED_CERTIFICATES)
+
+
+def _labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _selectors(content: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in content.items() if k not in _MATCHED}
+
+
+def _lost(old: Mapping[str, Any], new: Mapping[str, Any], key: str) -> list[str]:
+    """Names the old atom matched that the new one no longer does (unknown: none)."""
+    if key not in old or key not in new:
+        return []
+    return sorted(set(old[key]) - set(new[key]))
 
 
 def gates_hash(atoms: Mapping[str, Any]) -> str:
@@ -90,46 +127,77 @@ class GateChange:
 
 
 def held_over(in_force: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[HeldRule, ...]:
-    """Gates in force that `new` does not carry unchanged, as rules that keep gating."""
+    """Gates in force that `new` removes, changes or narrows, as rules that keep gating."""
     out: list[HeldRule] = []
     for key in sorted(in_force):
-        if new.get(key) == in_force[key]:
+        old = in_force[key]
+        now = new.get(key)
+        if now is not None and _selectors(now) == _selectors(old):
+            # the same rule; did it stop matching a target or certificate it gated?
+            lost_targets = _lost(old, now, MATCHED_TARGETS)
+            lost_certs = _lost(old, now, MATCHED_CERTIFICATES)
+            if lost_targets:
+                out.append(
+                    HeldRule(
+                        label=f"{key} for target {', '.join(lost_targets)} (no longer matched "
+                        "by this commit; still in force)",
+                        rule=replace(
+                            _rule_of(key, old), target_labels={}, targets=tuple(lost_targets)
+                        ),
+                    )
+                )
+            if lost_certs:
+                out.append(
+                    HeldRule(
+                        label=f"{key} for certificate {', '.join(lost_certs)} (no longer "
+                        "matched by this commit; still in force)",
+                        rule=replace(
+                            _rule_of(key, old),
+                            certificate_labels={},
+                            certificates=tuple(lost_certs),
+                        ),
+                    )
+                )
             continue
-        content = in_force[key]
         label = f"{key} (removed or changed by this commit; still in force)"
-        if content.get("kind") == "hook":
+        if old.get("kind") == "hook":
             out.append(
                 HeldRule(
                     label=label,
-                    target=str(content["target"]),
-                    hook=ApprovalHook(required=True, actions=tuple(content.get("actions") or ())),
+                    target=str(old["target"]),
+                    hook=ApprovalHook(required=True, actions=tuple(old.get("actions") or ())),
                 )
             )
         else:
-            out.append(
-                HeldRule(
-                    label=label,
-                    rule=ApprovalRule(
-                        name=str(content.get("name", key)),
-                        target_labels=dict(content.get("targetLabels") or {}),
-                        certificate_labels=dict(content.get("certificateLabels") or {}),
-                        targets=tuple(content.get("targets") or ()),
-                        certificates=tuple(content.get("certificates") or ()),
-                        actions=tuple(content.get("actions") or ()),
-                    ),
-                )
-            )
+            out.append(HeldRule(label=label, rule=_rule_of(key, old)))
     return tuple(out)
+
+
+def _rule_of(key: str, content: Mapping[str, Any]) -> ApprovalRule:
+    return ApprovalRule(
+        name=str(content.get("name", key)),
+        target_labels=dict(content.get("targetLabels") or {}),
+        certificate_labels=dict(content.get("certificateLabels") or {}),
+        targets=tuple(content.get("targets") or ()),
+        certificates=tuple(content.get("certificates") or ()),
+        actions=tuple(content.get("actions") or ()),
+    )
 
 
 def change(in_force: Mapping[str, Any], new: Mapping[str, Any]) -> GateChange | None:
     """The weakening `new` makes to `in_force`, or None when it only keeps or adds gates."""
     lines: list[str] = []
     for key in sorted(in_force):
-        if key not in new:
+        old = in_force[key]
+        now = new.get(key)
+        if now is None:
             lines.append(f"- {key}")
-        elif new[key] != in_force[key]:
-            lines.append(f"~ {key}: {_short(in_force[key])} → {_short(new[key])}")
+        elif _selectors(now) != _selectors(old):
+            lines.append(f"~ {key}: {_short(old)} → {_short(now)}")
+        else:
+            for kind, field in (("target", MATCHED_TARGETS), ("certificate", MATCHED_CERTIFICATES)):
+                for name in _lost(old, now, field):
+                    lines.append(f"~ {key} no longer matches {kind} {name}")
     if not lines:
         return None
     lines += [f"+ {key}" for key in sorted(new) if key not in in_force]
@@ -140,6 +208,6 @@ def _short(content: Mapping[str, Any]) -> str:
     parts = [
         f"{k}={v}"
         for k, v in content.items()
-        if k not in ("kind", "name", "target") and v not in ({}, [], None)
+        if k not in ("kind", "name", "target", *_MATCHED) and v not in ({}, [], None)
     ]
     return ", ".join(parts) or "any action"

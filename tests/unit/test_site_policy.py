@@ -300,3 +300,33 @@ def test_an_unknown_table_is_positioned_at_its_header(tmp_path: Path) -> None:
         "site.toml:4:1: unknown key 'signatures.typo'; known keys here: allowedSigners, "
         "gpgHome, required",
     ]
+
+
+def test_relabelling_a_gated_target_out_of_a_rule_holds_the_rule_for_it() -> None:
+    before = git_gates(_desired({"prod": PROD}))
+    relabelled = _desired({"prod": PROD})
+    relabelled = DesiredState(
+        commit="c2",
+        targets={"web-1": Target(name="web-1", type="files", labels={"env": "staging"})},
+        policies=relabelled.policies,
+    )
+    after = git_gates(relabelled)
+    assert before["policy prod/changes"]["matchedTargets"] == ["web-1"]
+    assert after["policy prod/changes"]["matchedTargets"] == []
+    [held] = held_over(before, after)
+    assert held.rule is not None and held.rule.targets == ("web-1",)
+    assert held.rule.target_labels == {}
+    found = change(before, after)
+    assert found is not None
+    assert found.lines == ("~ policy prod/changes no longer matches target web-1",)
+    # a new production target joining the rule only adds to the gate
+    grown = DesiredState(
+        commit="c3",
+        targets={
+            "web-1": Target(name="web-1", type="files", labels={"env": "production"}),
+            "web-2": Target(name="web-2", type="files", labels={"env": "production"}),
+        },
+        policies=relabelled.policies,
+    )
+    assert change(before, git_gates(grown)) is None
+    assert held_over(before, git_gates(grown)) == ()
