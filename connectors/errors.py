@@ -33,7 +33,8 @@ class DeniedError(CertgitError):
     def __init__(self, operation: str, subject: str, grant: str) -> None:
         super().__init__(
             f"denied: {operation} {subject!r} needs grant {grant}; "
-            "add it to the target's settings or fix the connector"
+            "the target's settings and the operator's site policy (`certgit site show`) "
+            "must both allow it"
         )
         self.operation = operation
         self.subject = subject

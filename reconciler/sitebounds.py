@@ -275,9 +275,14 @@ def sandbox_factory(
     def make(connector: Any, spec: Any) -> Any:
         from certgit.connectors.sdk.registry import sandbox_for
         from certgit.connectors.sdk.sandbox import Sandbox
+        from certgit.connectors.sdk.transport import LocalTransport
 
         declared = sandbox_for(connector, spec)  # refuses unknown transports
         bounds = bounds_for(policy, spec.name, spec.type, labels_of.get(spec.name, {}), state_dir)
-        return Sandbox(bounds.restrict(declared.grants), declared.transport, target=spec.name)
+        transport = declared.transport
+        if isinstance(transport, LocalTransport):
+            # children see only what the site passes through (never CERTGIT_*)
+            transport = LocalTransport(passthrough=policy.env_passthrough)
+        return Sandbox(bounds.restrict(declared.grants), transport, target=spec.name)
 
     return make

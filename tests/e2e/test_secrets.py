@@ -111,6 +111,40 @@ def test_a_reload_child_never_sees_the_master_key(cli, tmp_path: Path, monkeypat
     assert "UNRELATED_TOKEN" not in names  # not in the default passthrough
 
 
+def test_env_passthrough_hands_named_variables_to_children(
+    cli, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("CERTGIT_MASTER_KEY", MASTER_KEY)
+    monkeypatch.setenv("NGINX_HINT", "from-the-operator")
+    monkeypatch.setenv("UNRELATED_TOKEN", "TOPSECRET-token")
+    srv, dump = tmp_path / "srv", tmp_path / "child-env.txt"
+    srv.mkdir()
+    reload = ["/bin/sh", "-c", f"/usr/bin/env > {dump}"]
+    repo = _repo(
+        tmp_path / "desired",
+        {"ca.yaml": ISSUER, "web.yaml": _certificate(), "box.yaml": _target(srv, reload)},
+    )
+    site = _site(
+        tmp_path / "site.toml",
+        f'[paths]\nallow = ["{srv}"]\n[commands]\nallow = [{{ prefix = ["/bin/sh", "-c"] }}]\n'
+        '[env]\npassthrough = ["PATH", "NGINX_*", "CERTGIT_*x"]\n',
+    )
+    r = cli("apply", "--repo", repo, "--site-policy", site)
+    # CERTGIT_*-matching passthrough is a site policy error: certgit's secrets never pass
+    assert r.code == 1 and "env.passthrough 'CERTGIT_*x'" in r.err, r.out + r.err
+    _site(
+        tmp_path / "site.toml",
+        f'[paths]\nallow = ["{srv}"]\n[commands]\nallow = [{{ prefix = ["/bin/sh", "-c"] }}]\n'
+        '[env]\npassthrough = ["PATH", "NGINX_*"]\n',
+    )
+    r = cli("apply", "--repo", repo, "--site-policy", site)
+    assert r.code == 0, r.out + r.err
+    names = dict(line.split("=", 1) for line in dump.read_text().splitlines() if "=" in line)
+    assert names.get("NGINX_HINT") == "from-the-operator"
+    assert "UNRELATED_TOKEN" not in names and "LANG" not in names
+    assert not [n for n in names if n.startswith("CERTGIT_")], sorted(names)
+
+
 # --------------------------------------------------------------------------- committed keys
 
 
