@@ -63,6 +63,9 @@ def render(data: dict[str, Any], is_default: bool) -> str:
         for name, directory in data["builtinDirectories"].items():
             lines.append(f"  {directory}  ({name} targets only)")
     lines += [f"  {p}" for p in data["paths"]["allow"]]
+    owners = ", ".join(data["paths"]["owners"]) or "none"
+    groups = ", ".join(data["paths"]["groups"]) or "none"
+    lines.append(f"file owners Git may set: {owners}; groups: {groups}")
     lines.append("commands targets may run:")
     if data["commands"]["builtin"]:
         lines.append("  the built-in connectors' own validate/reload (nginx -t, ...)")

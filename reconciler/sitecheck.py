@@ -199,6 +199,18 @@ class _Run:
             problem = mode_problem(settings.get(field), key=field == "keyMode")
             if problem:
                 yield at.problem(("spec", "settings", field), f"Target {target.name!r}: {problem}")
+        for field, allowed, noun in (
+            ("owner", self.policy.owners, "owners"),
+            ("group", self.policy.groups, "groups"),
+        ):
+            value = settings.get(field)
+            if value is not None and str(value) not in allowed:
+                yield at.problem(
+                    ("spec", "settings", field),
+                    f"Target {target.name!r}: {field} {value!r} is not allowed by the site "
+                    f"policy ([paths] {noun}: {', '.join(allowed) or 'none'} in "
+                    f"{self.policy.where}); files belong to the user certgit runs as",
+                )
         if target.verify is not None:
             problem = bounds.endpoint_problem(target.verify.endpoint)
             if problem:

@@ -297,7 +297,9 @@ class _Reader:
                 "audit",
             },
         )
-        paths = self.table(top.get("paths", {}), ("paths",), {"allow", "builtin"})
+        paths = self.table(
+            top.get("paths", {}), ("paths",), {"allow", "builtin", "owners", "groups"}
+        )
         commands = self.table(top.get("commands", {}), ("commands",), {"allow", "builtin"})
         endpoints = self.table(top.get("endpoints", {}), ("endpoints",), {"allow", "loopback"})
         allow = Allowances(
@@ -346,6 +348,8 @@ class _Reader:
             secrets=self.secrets(top.get("secrets", {})),
             signatures=self.signatures(top.get("signatures", {})),
             audit_syslog=self.boolean(audit, ("audit", "syslog"), False),
+            owners=self.strings(paths, ("paths", "owners")) if "owners" in paths else (),
+            groups=self.strings(paths, ("paths", "groups")) if "groups" in paths else (),
         )
 
     def roots(self, data: Mapping[str, Any], where: tuple[str | int, ...]) -> tuple[str, ...]:
@@ -624,7 +628,12 @@ def describe(policy: SitePolicy) -> dict[str, Any]:
     """The policy as plain data, for `certgit site show` (text and --json)."""
     return {
         "source": policy.source,
-        "paths": {"builtin": policy.builtin_paths, "allow": list(policy.allow.paths)},
+        "paths": {
+            "builtin": policy.builtin_paths,
+            "allow": list(policy.allow.paths),
+            "owners": list(policy.owners),
+            "groups": list(policy.groups),
+        },
         "commands": {
             "builtin": policy.builtin_commands,
             "allow": [c.describe() for c in policy.allow.commands],

@@ -268,6 +268,10 @@ class SitePolicy:
     secrets: SecretsPolicy = SecretsPolicy()
     signatures: SignaturePolicy = SignaturePolicy()
     audit_syslog: bool = False
+    # users and groups a Target's settings.owner / settings.group may name ([paths]);
+    # none by default: files belong to the user certgit runs as
+    owners: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
     # certgit's own configuration files: never writable by a target
     protected: tuple[str, ...] = ()
 

@@ -361,6 +361,13 @@ def setuid_world_writable_certificate_files(lab: Lab) -> Attack:
 
 
 @attack
+def key_handed_to_another_user(lab: Lab) -> Attack:
+    files = {**RENEW, **web_with(lab, "    owner: nobody\n    group: nogroup\n")}
+    return Attack(files, position(files, "targets/web.yaml", "nobody"),
+                  "owner 'nobody' is not allowed by the site policy")
+
+
+@attack
 def world_readable_private_key(lab: Lab) -> Attack:
     files = {**RENEW, **web_with(lab, '    keyMode: "0644"\n')}
     return Attack(files, position(files, "targets/web.yaml", '"0644"'),
