@@ -351,10 +351,17 @@ class Engine:
         import json
 
         from certgit.reconciler.gatepaths import inherited_gates
-        from certgit.reconciler.gates import GATES_IN_FORCE, change, git_gates, held_over
+        from certgit.reconciler.gates import (
+            GATES_IN_FORCE,
+            GATES_PENDING,
+            change,
+            git_gates,
+            held_over,
+            site_gates,
+        )
 
         recorded = recorded if recorded is not None else self.store.recorded_state()
-        new = git_gates(desired)
+        new = {**git_gates(desired), **site_gates(self.site.approvals, desired)}
         raw = self.store.get_source_state(GATES_IN_FORCE)
         in_force = json.loads(raw) if raw else None
         held: tuple[Any, ...] = ()
@@ -364,11 +371,17 @@ class Engine:
                 raw = json.dumps(new, sort_keys=True)
                 self.store.set_source_state(GATES_IN_FORCE, raw)
             in_force = new
+        weaker = change(in_force, new)
+        if weaker is not None:
+            # what the `gates` action puts in force once approved (the executor reads it)
+            pending = json.dumps({"hash": weaker.hash, "atoms": new}, sort_keys=True)
+            if self.store.get_source_state(GATES_PENDING) != pending:
+                self.store.set_source_state(GATES_PENDING, pending)
         gated = replace(
             desired,
             site_approvals=tuple(self.site.approvals),
             held_gates=held,
-            gate_change=change(in_force, new),
+            gate_change=weaker,
         )
         # Following files costs a pass over every recorded deployment: once per
         # commit, gates in force and recorded state (a no-op re-poll reuses it).

@@ -161,12 +161,14 @@ class Executor(OutcomeRecorder):
 
     def _gates(self, messages: Sequence[Message]) -> None:
         """An approved weakening of the approval gates takes effect (gates.py)."""
-        from certgit.reconciler.gates import gates_hash, git_gates
+        from certgit.reconciler.gates import GATES_PENDING
 
         for m in messages:
             now = self.clock()
-            new = git_gates(self.desired)
-            if gates_hash(new) != m.action.spec_hash:
+            raw = self.store.get_source_state(GATES_PENDING)
+            pending = json.loads(raw) if raw else {}
+            new = pending.get("atoms")
+            if new is None or pending.get("hash") != m.action.spec_hash:
                 error = (
                     "the approval gates changed again since this change was approved; "
                     "approve the current plan's gate change instead"

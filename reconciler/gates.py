@@ -17,7 +17,7 @@ Pure: the engine reads and writes the set in force through the store.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,8 +29,10 @@ from certgit.reconciler.model import (
     sha256_hex,
 )
 
-# The store's source_state key holding the Git gates in force (JSON of Atoms).
+# The store's source_state keys holding the gates in force (JSON of Atoms), and the
+# weaker set a plan's `gates` action would put in force ({"hash", "atoms"}).
 GATES_IN_FORCE = "approval_gates_in_force"
+GATES_PENDING = "approval_gates_pending"
 
 # A gate atom: key ("policy NAME/RULE" or "target NAME approval") -> canonical content.
 Atoms = dict[str, dict[str, Any]]
@@ -46,6 +48,41 @@ def _rule_content(rule: ApprovalRule) -> dict[str, Any]:
     }
 
 
+def site_gates(rules: Sequence[ApprovalRule], desired: DesiredState) -> Atoms:
+    """The site's approval rules as atoms, with what they match in this commit.
+
+    The operator changes the rules themselves (never a gate change for Git to
+    approve); only a commit that moves a target or certificate out of a
+    site rule's selector (relabelling it) weakens them, and is held like a
+    Git rule (see `held_over`).
+    """
+    atoms: Atoms = {}
+    for rule in rules:
+        atom = _rule_atom(rule, desired)
+        atom["kind"] = "site-rule"
+        atoms[f"site {rule.name}"] = atom
+    return atoms
+
+
+def _rule_atom(rule: ApprovalRule, desired: DesiredState) -> dict[str, Any]:
+    atom: dict[str, Any] = {"kind": "rule", "name": rule.name, **_rule_content(rule)}
+    if rule.target_labels or rule.targets:
+        atom[MATCHED_TARGETS] = sorted(
+            name
+            for name, target in desired.targets.items()
+            if (not rule.targets or name in rule.targets)
+            and _labels_match(rule.target_labels, target.labels)
+        )
+    if rule.certificate_labels or rule.certificates:
+        atom[MATCHED_CERTIFICATES] = sorted(
+            name
+            for name, cert in desired.certificates.items()
+            if (not rule.certificates or name in rule.certificates)
+            and _labels_match(rule.certificate_labels, cert.labels)
+        )
+    return atom
+
+
 def git_gates(desired: DesiredState) -> Atoms:
     """The Git gates of one commit: every Policy rule and every required Target hook.
 
@@ -57,22 +94,7 @@ def git_gates(desired: DesiredState) -> Atoms:
     atoms: Atoms = {}
     for policy in desired.policies.values():
         for rule in policy.approvals:
-            atom: dict[str, Any] = {"kind": "rule", "name": rule.name, **_rule_content(rule)}
-            if rule.target_labels or rule.targets:
-                atom[MATCHED_TARGETS] = sorted(
-                    name
-                    for name, target in desired.targets.items()
-                    if (not rule.targets or name in rule.targets)
-                    and _labels_match(rule.target_labels, target.labels)
-                )
-            if rule.certificate_labels or rule.certificates:
-                atom[MATCHED_CERTIFICATES] = sorted(
-                    name
-                    for name, cert in desired.certificates.items()
-                    if (not rule.certificates or name in rule.certificates)
-                    and _labels_match(rule.certificate_labels, cert.labels)
-                )
-            atoms[f"policy {policy.name}/{rule.name}"] = atom
+            atoms[f"policy {policy.name}/{rule.name}"] = _rule_atom(rule, desired)
     for target in desired.targets.values():
         hook = target.approval
         if hook is not None and hook.required:
@@ -132,6 +154,8 @@ def held_over(in_force: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[Held
     for key in sorted(in_force):
         old = in_force[key]
         now = new.get(key)
+        if old.get("kind") == "site-rule" and (now is None or _selectors(now) != _selectors(old)):
+            continue  # the operator changed the site policy: theirs to change, not Git's
         if now is not None and _selectors(now) == _selectors(old):
             # the same rule; did it stop matching a target or certificate it gated?
             lost_targets = _lost(old, now, MATCHED_TARGETS)
@@ -190,6 +214,8 @@ def change(in_force: Mapping[str, Any], new: Mapping[str, Any]) -> GateChange | 
     for key in sorted(in_force):
         old = in_force[key]
         now = new.get(key)
+        if old.get("kind") == "site-rule" and (now is None or _selectors(now) != _selectors(old)):
+            continue  # the operator's own change to the site policy
         if now is None:
             lines.append(f"- {key}")
         elif _selectors(now) != _selectors(old):

@@ -168,6 +168,32 @@ def test_site_approval_gate_cannot_be_removed_from_git(tmp_path: Path) -> None:
     assert lab.files_of("prod") == before
 
 
+def test_site_approval_by_label_survives_relabelling(tmp_path: Path) -> None:
+    """A site rule matching `env: production`: relabelling prod out of it in the same
+    commit as a risky change keeps the site rule on prod (by name) until approved."""
+    policy = tmp_path / "site.toml"
+    policy.write_text(
+        '[[approvals]]\nname = "site-prod"\n'
+        '[approvals.match]\ntargetLabels = { env = "production" }\n'
+    )
+    policy.chmod(0o600)
+    lab = GateLab(tmp_path, "defaults")
+    lab.policy = policy
+    gate_lab(lab)
+    before = lab.files_of("prod")
+    relabelled = target_yaml("prod", "targets/prod", labels="{env: staging}")
+    lab.commit({"policy.yaml": None, "targets/prod.yaml": relabelled,
+                "certs/www.yaml": RISKY_WWW}, "relabel out of the site rule")
+    plan = lab.plan()
+    deploy = next(a for a in plan["actions"] if (a["kind"], a["target"]) == ("deploy", "prod"))
+    assert any(g.startswith("site site-prod for target prod") for g in deploy["gated_by"]), deploy
+    change = next(a for a in plan["actions"] if a["kind"] == "gates")
+    assert "~ site site-prod no longer matches target prod" in change["changes"], change
+    a = lab.run("apply", "--as", "attacker")
+    assert a.code == EXIT_CHANGES, a.text
+    assert lab.files_of("prod") == before
+
+
 def test_deleted_target_approval_hook_with_a_risky_change(gates: GateLab) -> None:
     gates.commit(
         {"targets/vault.yaml": target_yaml("vault", "targets/vault"),

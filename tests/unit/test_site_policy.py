@@ -52,7 +52,10 @@ def test_every_problem_is_positioned_and_unknown_keys_are_errors(tmp_path: Path)
     assert found[0].startswith("site.toml:2:1: paths.allow: 'relative' is not an absolute path")
     assert any(f.startswith("site.toml:2:1: paths.allow: '/' would let Git write anywhere")
                for f in found)
-    assert "site.toml:3:1: unknown key 'paths.alow'; known keys here: allow, builtin, groups, owners" in found
+    assert (
+        "site.toml:3:1: unknown key 'paths.alow'; known keys here: allow, builtin, groups, owners"
+        in found
+    )
     assert any(f.startswith("site.toml:5:1: commands.allow[0]: 'nginx' must be an absolute")
                for f in found)
     assert any("commands.allow[1].under must be an absolute directory other than /" in f
