@@ -116,8 +116,14 @@ class TargetBounds:
                 f"the site policy allows"
             )
         resolved = [found, *argv[1:]]
-        if any(rule.matches(resolved) for rule in self.commands):
-            return None
+        matched = [rule for rule in self.commands if rule.matches(resolved)]
+        if matched:
+            for rule in matched:
+                if not rule.under:
+                    return None
+            # only hook-directory rules: the program must be the operator's, not editable
+            # by others (it runs as certgit's user, often root)
+            return _hook_problem(_realpath(found, os.path.realpath), matched[0].argv[0])
         allowed = "; ".join(rule.describe() for rule in self.commands) or "none"
         real = _realpath(found, os.path.realpath)
         runs = f" ({argv[0]} runs {real} here)" if real != argv[0] else ""
@@ -173,6 +179,30 @@ class TargetBounds:
             fs_deny=tuple(dict.fromkeys((*grants.fs_deny, *self.deny))),
             fs_deny_names=tuple(dict.fromkeys((*grants.fs_deny_names, *DENY_COMPONENTS))),
         )
+
+
+def _hook_problem(program: str, directory: str) -> str | None:
+    """Why a program in an operator's hook directory may not run: it, or a directory
+    between it and the hook directory, is writable by others or owned by another user."""
+    real_dir = _realpath(directory, os.path.realpath)
+    path = program
+    while True:
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            return f"hook {program} cannot be checked ({exc.strerror})"
+        writable = info.st_mode & 0o002 or (
+            info.st_mode & 0o020 and info.st_gid not in (0, os.getgid())
+        )
+        if writable or info.st_uid not in (0, os.getuid()):
+            return (
+                f"hook {program} cannot run: {path} is writable by others or owned by "
+                f"another user (mode {info.st_mode & 0o7777:04o}, uid {info.st_uid}); "
+                f"a hook others can edit runs their code as this user: chmod go-w {path}"
+            )
+        if path == real_dir or path == "/":
+            return None
+        path = posixpath.dirname(path)
 
 
 def absolute_path_env() -> str:

@@ -119,6 +119,19 @@ def load_site_policy(
             f"{'s' if len(reader.problems) != 1 else ''}",
             sorted(reader.problems, key=lambda p: (p.line, p.column)),
         )
+    if check_owner:
+        # files and directories that decide what runs or what is trusted: the operator's
+        # only, like the policy itself (a hook directory others can write runs their code)
+        for rule in (*policy.allow.commands, *(c for s in policy.scopes for c in s.allow.commands)):
+            if rule.under and os.path.exists(rule.argv[0]):
+                _owner_only(Path(rule.argv[0]), "hook directory")
+        for what, trusted in (
+            ("allowed signers file", policy.signatures.allowed_signers),
+            ("GPG home", policy.signatures.gpg_home),
+            ("age key file", policy.secrets.sops_age_key_file),
+        ):
+            if trusted is not None and trusted.exists():
+                _owner_only(trusted, what)
     extra = [path] if path is not None else []
     if policy.signatures.allowed_signers:
         extra.append(policy.signatures.allowed_signers)

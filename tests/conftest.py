@@ -28,10 +28,10 @@ _PROGRAMS = (
 )
 
 
-def test_site_policy_text() -> str:
-    """The permissive-for-tests site policy, as TOML."""
+def test_site_policy_text(hooks: str) -> str:
+    """The permissive-for-tests site policy, as TOML: programs under `hooks` may run."""
     temp = os.path.realpath(tempfile.gettempdir())
-    commands = [{"under": temp}]
+    commands: list[dict[str, object]] = [{"under": hooks}]
     for name in _PROGRAMS:
         found = shutil.which(name)
         if found:
@@ -56,7 +56,9 @@ def test_site_policy_text() -> str:
 @pytest.fixture(scope="session")
 def test_site_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("site") / "site.toml"
-    path.write_text(test_site_policy_text())
+    # the session's base temp dir (0700, ours), not /tmp: a hook directory others can
+    # write is refused by the site policy loader
+    path.write_text(test_site_policy_text(os.path.realpath(tmp_path_factory.getbasetemp())))
     path.chmod(0o600)
     return path
 

@@ -333,3 +333,28 @@ def test_relabelling_a_gated_target_out_of_a_rule_holds_the_rule_for_it() -> Non
     )
     assert change(before, git_gates(grown)) is None
     assert held_over(before, git_gates(grown)) == ()
+
+
+def test_what_decides_what_runs_must_be_the_operators_alone(tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir(mode=0o777)
+    hooks.chmod(0o777)  # the umask may have narrowed mkdir's mode
+    with pytest.raises(SitePolicyError, match=r"hook directory .* is writable by others"):
+        load_site_policy(write(tmp_path, f'[commands]\nallow = [{{ under = "{hooks}" }}]\n'))
+    hooks.chmod(0o755)
+    policy = load_site_policy(write(tmp_path, f'[commands]\nallow = [{{ under = "{hooks}" }}]\n'))
+    script = hooks / "reload"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o757)  # anyone may rewrite it, and it would run as certgit's user
+    bounds = bounds_for(policy, "t", "files", {}, tmp_path / "state")
+    problem = bounds.command_problem([str(script)])
+    assert problem is not None and "is writable by others" in problem, problem
+    script.chmod(0o755)
+    assert bounds.command_problem([str(script)]) is None
+    signers = tmp_path / "allowed_signers"
+    signers.write_text("")
+    signers.chmod(0o666)
+    with pytest.raises(SitePolicyError, match=r"allowed signers file .* writable by others"):
+        load_site_policy(
+            write(tmp_path, f'[signatures]\nrequired = true\nallowedSigners = "{signers}"\n')
+        )
