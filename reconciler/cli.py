@@ -282,9 +282,10 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _warn_degraded(engine, err)
         degraded = engine.degraded.to_dict() if engine.degraded is not None else None
         engine.close()
-    # The commit asked for was not applied (the last good one was): a script must see it.
-    code = max(outcome.exit_code, EXIT_ERROR) if degraded is not None else outcome.exit_code
-    if code == EXIT_CHANGES and outcome.exit_code != EXIT_CHANGES:
+    # The commit asked for was not applied (the last good one was): a script must see it,
+    # even when the last good commit's actions also wait for approval (exit 2 < exit 1).
+    code = outcome.exit_code
+    if degraded is not None and code in (EXIT_OK, EXIT_CHANGES):
         code = EXIT_ERROR
     if args.json:
         _emit_json({**apply_json(outcome), "degraded": degraded, "exit_code": code}, out)
