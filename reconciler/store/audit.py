@@ -528,6 +528,34 @@ def _keyed_from(conn: sqlite3.Connection, key: AuditKey) -> int:
     return seq
 
 
+def restore_triggers(conn: sqlite3.Connection) -> list[str]:
+    """Re-create the append-only triggers that are missing (from the migrations' SQL)."""
+    from certgit.reconciler.store.migrate import available_migrations
+
+    present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    definitions: dict[str, str] = {}
+    for migration in available_migrations():
+        for match in re.finditer(
+            r"CREATE TRIGGER (\w+) .*?\bEND;", migration.sql, flags=re.S | re.I
+        ):
+            definitions[match.group(1)] = match.group(0)
+    restored = [name for name in APPEND_ONLY_TRIGGERS if name not in present]
+    for name in restored:
+        conn.execute(definitions[name])
+    return restored
+
+
+# Created by the migrations; `verify` reports any that is missing.
+APPEND_ONLY_TRIGGERS = (
+    "audit_log_no_update",
+    "audit_log_no_delete",
+    "audit_log_chain",
+    "audit_head_no_delete",
+    "audit_head_forward_only",
+    "audit_log_keyed",
+)
+
+
 def verify(conn: sqlite3.Connection, key: AuditKey, head_file: Path) -> ChainReport:
     """Verify the stored chain against its head and the head file.
 
@@ -548,6 +576,19 @@ def verify(conn: sqlite3.Connection, key: AuditKey, head_file: Path) -> ChainRep
             "entry), and without it deleted or replaced entries go unnoticed. Restore it "
             "from a backup of this state directory and investigate who had write access; "
             + REANCHOR
+        )
+    # The chain holds; were the triggers that keep it append-only dropped? (Checked
+    # last so a broken chain is reported as what it is.)
+    present = {
+        row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    }
+    missing = sorted(set(APPEND_ONLY_TRIGGERS) - present)
+    if missing:
+        raise AuditChainBroken(
+            f"the audit log's append-only triggers are gone ({', '.join(missing)}): someone "
+            "with write access to state.db dropped them, so rows may have been changed in "
+            "ways the chain alone cannot show. Investigate who had access; restore state.db "
+            "from a backup (its triggers come back with it)"
         )
     return report
 
@@ -717,10 +758,13 @@ class AuditLog:
                 read_entries(conn), db_head.seq, db_head.hash, self._key,
                 keyed_from=_keyed_from(conn, self._key),
             )  # fmt: skip
+            # accepting the rows includes making the table append-only again
+            restored = restore_triggers(conn)
             head = append(
                 conn, self._key, db_timestamp(at), actor, AuditEvent.AUDIT_ANCHORED,
                 self.head_file.name,
-                {"reason": reason, "head_file_was": was, "database_ended_at": db_head.seq},
+                {"reason": reason, "head_file_was": was, "database_ended_at": db_head.seq,
+                 **({"triggers_restored": restored} if restored else {})},
             )  # fmt: skip
         try:
             write_head_file(self.head_file, head, self._key)

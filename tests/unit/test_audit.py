@@ -740,8 +740,15 @@ def test_anchor_accepts_the_database_and_records_it(store: Store) -> None:
         "reason": "restored state.db from last night's backup",
         "head_file_was": {"seq": 5, "hash": old["hash"]},
         "database_ended_at": 3,
+        # accepting the rows makes the table append-only again
+        "triggers_restored": [
+            "audit_log_no_update", "audit_log_no_delete", "audit_log_chain",
+            "audit_head_no_delete", "audit_head_forward_only", "audit_log_keyed",
+        ],
     }
     assert store.verify_audit() == 4
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        store.connection.execute("DELETE FROM audit_log WHERE seq = 1")
 
 
 def test_anchor_records_a_missing_or_forged_head_file(store: Store) -> None:
@@ -819,3 +826,10 @@ def test_a_batch_writes_the_head_file_once_at_its_end(
         raise RuntimeError("a crash inside the batch")
     assert writes == [8, 9]  # still written when the block ends early
     assert store.verify_audit() == 9
+
+
+def test_dropped_triggers_are_reported_even_when_the_chain_holds(store: Store) -> None:
+    store.connection.execute("DROP TRIGGER audit_log_no_delete")
+    gone = r"append-only triggers are gone \(audit_log_no_delete\)"
+    with pytest.raises(AuditChainBroken, match=gone):
+        store.verify_audit()
