@@ -149,10 +149,12 @@ def render_apply(outcome: ApplyOutcome) -> str:
         subject = a.certificate if a.target is None else f"{a.certificate} -> {a.target}"
         lines.append(f"  x abandoned {a.kind} {subject}: {one_line(a.reason)}")
     for a in outcome.rejected:
-        lines.append(f"  x rejected {a.kind} {a.certificate} -> {a.target}  id {a.id}")
+        subject = a.certificate if a.target is None else f"{a.certificate} -> {a.target}"
+        lines.append(f"  x rejected {a.kind} {subject}  id {a.id}")
     for a in outcome.waiting:
+        subject = a.certificate if a.target is None else f"{a.certificate} -> {a.target}"
         lines.append(
-            f"  waiting for approval: {a.kind} {a.certificate} -> {a.target} "
+            f"  waiting for approval: {a.kind} {subject} "
             f"({', '.join(a.gated_by)}): certgit approve {a.id} --reason TEXT"
         )
     if outcome.waiting:

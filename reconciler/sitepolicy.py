@@ -150,7 +150,7 @@ class CommandRule:
         if self.under:
             return f"any program under {self.argv[0]}"
         text = " ".join(self.argv)
-        return f"{text} ..." if self.prefix else text
+        return f"{text} (and any further arguments)" if self.prefix else text
 
 
 def _real(path: str, realpath: Any) -> str:
