@@ -39,6 +39,11 @@ def cmd_site(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     data["builtinDirectories"] = {
         name: d.directory for name, d in sorted(defaults.items()) if d.directory
     }
+    data["builtinCommands"] = {
+        name: [" ".join(argv) for argv in d.commands]
+        for name, d in sorted(defaults.items())
+        if d.commands
+    }
     data["stateTargets"] = str(Path(state_dir).absolute() / "targets")
     if args.json:
         _emit_json({"site": data}, out)
@@ -68,7 +73,8 @@ def render(data: dict[str, Any], is_default: bool) -> str:
     lines.append(f"file owners Git may set: {owners}; groups: {groups}")
     lines.append("commands targets may run:")
     if data["commands"]["builtin"]:
-        lines.append("  the built-in connectors' own validate/reload (nginx -t, ...)")
+        for name, commands in data["builtinCommands"].items():
+            lines.append(f"  {'; '.join(commands)}  ({name} targets only)")
     lines += [f"  {c}" for c in data["commands"]["allow"]]
     if not data["commands"]["builtin"] and not data["commands"]["allow"]:
         lines.append("  none")
@@ -102,9 +108,14 @@ def render(data: dict[str, Any], is_default: bool) -> str:
         f"{', '.join(limits['keyTypes'])}"
     )
     approvals = data["approvals"]
-    lines.append(
-        "approval gates Git cannot remove: " + (", ".join(approvals) if approvals else "none")
-    )
+    lines.append("approval gates Git cannot remove:" + ("" if approvals else " none"))
+    for rule in approvals:
+        match = "; ".join(
+            f"{k} " + (", ".join(f"{a}={b}" for a, b in v.items()) if isinstance(v, dict)
+                       else ", ".join(v))
+            for k, v in rule["match"].items()
+        )
+        lines.append(f"  {rule['name']}: {match or 'every action'}")
     lines.append(f"child environment: {', '.join(data['env']['passthrough'])} (never CERTGIT_*)")
     secrets = data["secrets"]
     lines.append(

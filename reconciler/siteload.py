@@ -677,7 +677,23 @@ def describe(policy: SitePolicy) -> dict[str, Any]:
             "maxDuration": format_duration(policy.limits.max_duration),
             "keyTypes": list(policy.limits.key_types),
         },
-        "approvals": [r.name for r in policy.approvals],
+        "approvals": [
+            {
+                "name": r.name,
+                "match": {
+                    k: v
+                    for k, v in (
+                        ("targetLabels", dict(r.target_labels)),
+                        ("certificateLabels", dict(r.certificate_labels)),
+                        ("targets", list(r.targets)),
+                        ("certificates", list(r.certificates)),
+                        ("actions", list(r.actions)),
+                    )
+                    if v
+                },
+            }
+            for r in policy.approvals
+        ],
         "env": {"passthrough": list(policy.env_passthrough)},
         "secrets": {
             "env": list(policy.secrets.env),
