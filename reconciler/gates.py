@@ -164,7 +164,7 @@ def held_over(in_force: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[Held
                 out.append(
                     HeldRule(
                         label=f"{key} for target {', '.join(lost_targets)} (no longer matched "
-                        "by this commit; still in force)",
+                        "in Git; still in force)",
                         rule=replace(
                             _rule_of(key, old), target_labels={}, targets=tuple(lost_targets)
                         ),
@@ -174,7 +174,7 @@ def held_over(in_force: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[Held
                 out.append(
                     HeldRule(
                         label=f"{key} for certificate {', '.join(lost_certs)} (no longer "
-                        "matched by this commit; still in force)",
+                        "matched in Git; still in force)",
                         rule=replace(
                             _rule_of(key, old),
                             certificate_labels={},
@@ -183,7 +183,8 @@ def held_over(in_force: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[Held
                     )
                 )
             continue
-        label = f"{key} (removed or changed by this commit; still in force)"
+        # "by this commit" or an earlier one since the gates in force were last approved
+        label = f"{key} (removed or changed in Git; still in force)"
         if old.get("kind") == "hook":
             out.append(
                 HeldRule(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
@@ -128,7 +129,7 @@ class TargetBounds:
         real = _realpath(found, os.path.realpath)
         runs = f" ({argv[0]} runs {real} here)" if real != argv[0] else ""
         return (
-            f"command {' '.join(argv)!r} is not allowed by the site policy{runs} (allowed: "
+            f"command `{shlex.join(argv)}` is not allowed by the site policy{runs} (allowed: "
             f"{allowed}); an operator adds it under [commands] allow in {self.source}"
         )
 
