@@ -13,6 +13,7 @@ or remove CERTGIT_SITE_POLICY.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -69,3 +70,13 @@ def _site_policy_for_tests(
 ) -> Iterator[None]:
     monkeypatch.setenv("CERTGIT_SITE_POLICY", str(test_site_policy))
     yield
+
+
+@pytest.fixture(autouse=True)
+def _certgit_logs_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An in-process CLI run earlier in the session points the `certgit` logger at its
+    own stderr handler (no propagation, maybe -q's ERROR level): each test starts with
+    certgit's records reaching the root logger, where caplog listens."""
+    logger = logging.getLogger("certgit")
+    monkeypatch.setattr(logger, "propagate", True)
+    monkeypatch.setattr(logger, "level", logging.NOTSET)

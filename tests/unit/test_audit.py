@@ -48,15 +48,6 @@ AUDIT_KEY = AuditKey.derive(KEY)
 WRONG_KEY = AuditKey.derive(bytes(32))
 
 
-@pytest.fixture(autouse=True)
-def _certgit_logs_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An in-process CLI run earlier in the session points the `certgit` logger at its
-    own stderr handler (no propagation, maybe -q's ERROR level): undo that here."""
-    logger = logging.getLogger("certgit")
-    monkeypatch.setattr(logger, "propagate", True)
-    monkeypatch.setattr(logger, "level", logging.NOTSET)
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     s = Store.open(tmp_path / "state", master_key=KEY)
