@@ -25,7 +25,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from certgit.connectors.sdk.grants import path_within
 from certgit.reconciler.errors import Problem
 from certgit.reconciler.model import Certificate, Issuer, SecretRef, Target
 from certgit.reconciler.ownership import key_type
@@ -385,25 +384,13 @@ def secret_problem(ref: SecretRef, policy: SitePolicy, state_dir: Path) -> str |
             f"{allowed} in {policy.where})"
         )
     if ref.file is not None:
-        path = ref.file if ref.file.startswith("/") else str(state_dir / ref.file)
-        normal = posixpath.normpath(path)
-        resolved = posixpath.normpath(os.path.realpath(normal))
+        # the same check the read itself makes (secretref.refusal), with positions here
+        from certgit.reconciler.secretref import refusal
+
         state = posixpath.normpath(str(state_dir))
-        never = (*DENY_ROOTS, *policy.protected, state, os.path.realpath(state))
-        for candidate in (normal, resolved):
-            if denied_component(candidate) is not None or any(
-                path_within(candidate, d) for d in never
-            ):
-                return (
-                    f"secretRef file {ref.file} is never readable by a secretRef "
-                    "(system credentials, certgit's own files and state directory)"
-                )
-        if not any(path_within(resolved, root) for root in secrets.files):
-            allowed = ", ".join(secrets.files) or "none"
-            return (
-                f"secretRef file {ref.file} is outside the files the site policy lets "
-                f"secretRefs read ([secrets] files: {allowed} in {policy.where})"
-            )
+        why = refusal(ref.file, secrets, (*policy.protected, state))
+        if why is not None:
+            return f"secretRef file {ref.file}: {why} (site policy: {policy.where})"
     return None
 
 
