@@ -151,24 +151,24 @@ class DesiredLoader:
         problems: list[Problem] = []
         located: list[tuple[FileEntry, _Doc]] = []
         used_keys: set[str] = set()
+        def cached(
+            key: str, kind: type, make: Callable[[bytes], Any], read: Callable[[], bytes]
+        ) -> Any:
+            # per content key: a file (or blob) seen before is never parsed or scanned again
+            used_keys.add(key)
+            value = self._cache.get(key)
+            if not isinstance(value, kind):
+                value = self._cache[key] = make(read())
+            return value
+
         for entry in entries:
-            cache_key = _CACHE_PREFIX + entry.key
-            used_keys.add(cache_key)
-            result = self._cache.get(cache_key)
-            if not isinstance(result, _FileResult):
-                result = build_file(entry.read())
-                self._cache[cache_key] = result
+            result = cached(_CACHE_PREFIX + entry.key, _FileResult, build_file, entry.read)
             problems.extend(
                 Problem(entry.path, line, col, msg) for line, col, msg in result.problems
             )
             located.extend((entry, doc) for doc in result.docs)
         for entry in rest:
-            scan_key = _SCAN_PREFIX + entry.key
-            used_keys.add(scan_key)
-            found = self._cache.get(scan_key)
-            if not isinstance(found, tuple):
-                found = find_private_keys(entry.read())
-                self._cache[scan_key] = found
+            found = cached(_SCAN_PREFIX + entry.key, tuple, find_private_keys, entry.read)
             problems.extend(Problem(entry.path, line, col, msg) for line, col, msg in found)
         if self._owns_cache:
             for stale in [key for key in self._cache if key not in used_keys]:
